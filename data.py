@@ -1,0 +1,184 @@
+"""MNIST in memory, shuffled batches, and the stage-2 augmentation as batched tensor ops.
+
+Each split is read once through torchvision and kept as one uint8 tensor on the
+training device; a batch is an index into it, scaled to [0, 1] exactly as ToTensor
+does (no normalization: the reference's loss numbers depend on it).
+
+The stage-2 augmentation is the reference's RandomPerspective(distortion_scale=0.4,
+p=0.5) followed by RandomRotation(degrees=(-10, 10)), with each sample's parameters
+drawn from torchvision's distributions, but applied to a whole batch at once through
+`grid_sample` instead of image by image.
+"""
+
+import gzip
+import math
+import os
+import shutil
+
+import torch
+import torch.nn.functional as F
+from torchvision import datasets
+
+DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
+IMAGE_SIZE = 28
+DISTORTION_SCALE = 0.4
+PERSPECTIVE_P = 0.5
+MAX_ROTATION_DEGREES = 10.0
+
+
+class DataError(Exception):
+    """Data that cannot be loaded; the message says what to do."""
+
+
+def raw_folder(data_dir, dataset="mnist"):
+    return os.path.join(data_dir, DATASETS[dataset].__name__, "raw")
+
+
+def raw_file_names(dataset="mnist"):
+    """The four uncompressed IDX file names torchvision expects in the raw folder."""
+    return [os.path.basename(url)[: -len(".gz")] for url, _md5 in DATASETS[dataset].resources]
+
+
+def decompress_gz_files(folder, names):
+    """Unpack NAME.gz to NAME where only the .gz is there (e.g. Debian's dataset packages)."""
+    for name in names:
+        target, packed = os.path.join(folder, name), os.path.join(folder, name + ".gz")
+        if os.path.exists(target) or not os.path.exists(packed):
+            continue
+        temporary = target + ".tmp"
+        with gzip.open(packed, "rb") as source, open(temporary, "wb") as sink:
+            shutil.copyfileobj(source, sink)
+        os.replace(temporary, target)
+
+
+def load_split(data_dir, train, dataset="mnist"):
+    """Return (images uint8 [N, 28, 28], labels int64 [N]) of one split.
+
+    Downloads when the files are missing (torchvision's own download); raises DataError
+    with a one-line fix when they are missing and cannot be downloaded, or are corrupt.
+    """
+    folder = raw_folder(data_dir, dataset)
+    try:
+        decompress_gz_files(folder, raw_file_names(dataset))
+    except OSError as error:
+        raise DataError(f"cannot unpack the .gz files in {folder}: {error}") from None
+    try:
+        split = DATASETS[dataset](data_dir, train=train, download=True)
+    except (RuntimeError, OSError) as error:
+        if not all(os.path.exists(os.path.join(folder, n)) for n in raw_file_names(dataset)):
+            raise DataError(
+                f"{dataset} is not in {folder}/ and could not be downloaded "
+                f"({str(error).strip().splitlines()[0]}). "
+                f"Put the four files {', '.join(raw_file_names(dataset))} (or their .gz) "
+                f"there, or pass --data-dir pointing at the folder that holds "
+                f"{DATASETS[dataset].__name__}/raw/."
+            ) from None
+        raise DataError(f"{dataset} files in {folder}/ are corrupt ({error}); delete them to download again") from None
+    except (AssertionError, ValueError) as error:
+        raise DataError(
+            f"{dataset} files in {folder}/ are corrupt (bad magic number or size: {error or 'failed check'}); "
+            f"delete them to download again"
+        ) from None
+    images, labels = split.data, split.targets
+    if images.dim() != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(labels) != len(images):
+        raise DataError(
+            f"{dataset} files in {folder}/ are corrupt: images {tuple(images.shape)}, "
+            f"labels {tuple(labels.shape)}; delete them to download again"
+        )
+    return images, labels.long()
+
+
+def to_float(images_uint8):
+    """uint8 [B, 28, 28] -> float [B, 1, 28, 28] in [0, 1], the same numbers as ToTensor."""
+    return images_uint8.unsqueeze(1).float().div_(255)
+
+
+def shuffled_batches(images, batch_size, generator):
+    """Yield float batches of `images` in an order drawn from `generator` (last batch may be short)."""
+    order = torch.randperm(len(images), generator=generator, device=images.device)
+    for start in range(0, len(images), batch_size):
+        yield to_float(images[order[start : start + batch_size]])
+
+
+def ordered_batches(images, batch_size):
+    for start in range(0, len(images), batch_size):
+        yield to_float(images[start : start + batch_size])
+
+
+def sample_perspective_endpoints(batch_size, generator, device, size=IMAGE_SIZE):
+    """Per-sample corner targets [B, 4, 2] as RandomPerspective.get_params draws them.
+
+    Each corner moves inwards by a whole number of pixels, uniform in [0, bound),
+    independently in x and y; the corners are top-left, top-right, bottom-right,
+    bottom-left, as torchvision orders them.
+    """
+    bound = int(DISTORTION_SCALE * (size // 2)) + 1
+    offsets = torch.randint(0, bound, (batch_size, 4, 2), generator=generator, device=device)
+    inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], device=device)
+    return perspective_startpoints(device) + inward * offsets
+
+
+def perspective_startpoints(device, size=IMAGE_SIZE):
+    last = size - 1
+    return torch.tensor([[0, 0], [last, 0], [last, last], [0, last]], device=device)
+
+
+def perspective_coefficients(startpoints, endpoints):
+    """The 8 homography coefficients [B, 8] that map each output pixel back to the input.
+
+    The same linear system as torchvision's _get_perspective_coeffs, solved in float64
+    for the whole batch at once.
+    """
+    end = endpoints.double()
+    start = startpoints.double().expand_as(end)
+    x, y = end[..., 0], end[..., 1]
+    u, v = start[..., 0], start[..., 1]
+    ones, zeros = torch.ones_like(x), torch.zeros_like(x)
+    rows_u = torch.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y], dim=-1)
+    rows_v = torch.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], dim=-1)
+    system = torch.stack([rows_u, rows_v], dim=2).reshape(-1, 8, 8)
+    target = torch.stack([u, v], dim=-1).reshape(-1, 8)
+    return torch.linalg.solve(system, target).float()
+
+
+def perspective_grid(coefficients, size=IMAGE_SIZE):
+    """Sampling grid [B, H, W, 2] for grid_sample(align_corners=False), as torchvision builds it."""
+    centers = torch.arange(size, device=coefficients.device, dtype=torch.float32) + 0.5
+    y, x = torch.meshgrid(centers, centers, indexing="ij")
+    a, b, c, d, e, f, g, h = (coefficients[:, i, None, None] for i in range(8))
+    denominator = g * x + h * y + 1
+    source_x = (a * x + b * y + c) / (0.5 * size) / denominator
+    source_y = (d * x + e * y + f) / (0.5 * size) / denominator
+    return torch.stack([source_x, source_y], dim=-1) - 1.0
+
+
+def perspective(batch, endpoints):
+    """Warp each image so its corners land on `endpoints` (bilinear, zeros outside)."""
+    coefficients = perspective_coefficients(perspective_startpoints(batch.device), endpoints)
+    grid = perspective_grid(coefficients, batch.shape[-1])
+    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def rotate(batch, degrees):
+    """Rotate each image counter-clockwise about its centre (nearest, zeros outside)."""
+    radians = degrees * (math.pi / 180)
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    zeros = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zeros], -1), torch.stack([sin, cos, zeros], -1)], 1)
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    return F.grid_sample(batch, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def augment(batch, generator):
+    """Stage-2 augmentation of a float batch [B, 1, 28, 28], parameters drawn per sample."""
+    n, device = len(batch), batch.device
+    warp = torch.rand(n, generator=generator, device=device) < PERSPECTIVE_P
+    endpoints = sample_perspective_endpoints(n, generator, device)
+    degrees = torch.empty(n, device=device).uniform_(
+        -MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES, generator=generator
+    )
+    # Warping every image and keeping the unwarped ones where the coin said no avoids a
+    # data-dependent shape (a host sync on GPU); bilinear sampling at the pixel centres of
+    # an identity warp would not return the images bit for bit, so they are kept as is.
+    warped = torch.where(warp[:, None, None, None], perspective(batch, endpoints), batch)
+    return rotate(warped, degrees)

@@ -1,0 +1,131 @@
+"""End-to-end tests of train.py and visualize.py on the tiny synthetic MNIST."""
+
+import csv
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import train
+import visualize
+from model import AutoEncoder, load_checkpoint
+
+CPU = ["--device", "cpu"]
+
+
+def history_rows(out_dir):
+    with open(os.path.join(out_dir, "history.csv"), newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def last_line(text):
+    return text.strip().splitlines()[-1]
+
+
+def test_stage_one_writes_checkpoints_and_history(trained_run):
+    rows = history_rows(trained_run)
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("1", "1"), ("1", "2")]
+    assert list(rows[0]) == ["stage", "epoch", "train_loss", "test_loss", "lr", "seconds"]
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    model, checkpoint = load_checkpoint(os.path.join(trained_run, "last.pt"))
+    assert {"epoch", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "loss",
+            "stage", "args"} <= set(checkpoint)
+    assert checkpoint["epoch"] == 2 and checkpoint["stage"] == 1
+    assert isinstance(checkpoint["args"], dict) and checkpoint["args"]["epochs"] == 2
+    best = min(float(r["test_loss"]) for r in rows)
+    _, best_checkpoint = load_checkpoint(os.path.join(trained_run, "best.pt"))
+    assert f"{best_checkpoint['loss']:.7f}" == f"{best:.7f}"
+
+
+def test_eval_only_reproduces_the_saved_test_loss(trained_run, tiny_mnist, capsys):
+    checkpoint_path = os.path.join(trained_run, "best.pt")
+    assert train.main(["--eval-only", "--resume", checkpoint_path, "--data-dir", tiny_mnist, *CPU]) == 0
+    printed = last_line(capsys.readouterr().out)
+    _, checkpoint = load_checkpoint(checkpoint_path)
+    assert printed == f"test_mse={checkpoint['loss']:.7f}"
+
+
+def test_stage_two_starts_from_stage_one_weights_with_fresh_optimizer(trained_run, tiny_mnist, tmp_path, capsys):
+    out_dir = str(tmp_path)
+    code = train.main(["--stage", "2", "--resume", os.path.join(trained_run, "best.pt"), "--epochs", "1",
+                       "--data-dir", tiny_mnist, "--out-dir", out_dir, "--batch-size", "32", *CPU])
+    assert code == 0
+    assert "fresh optimizer" in capsys.readouterr().out
+    rows = history_rows(out_dir)
+    # The stage-1 rows travel along, so the curves show both stages.
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("1", "1"), ("1", "2"), ("2", "1")]
+    assert float(rows[-1]["lr"]) == pytest.approx(1e-3)
+    _, checkpoint = load_checkpoint(os.path.join(out_dir, "last.pt"))
+    assert checkpoint["stage"] == 2 and checkpoint["epoch"] == 1
+    assert checkpoint["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
+
+
+def run_stage_one(tiny_mnist, out_dir, epochs=3, extra=()):
+    return train.main(["--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", str(epochs),
+                       "--batch-size", "32", "--seed", "5", "--subset", "160", *CPU, *extra])
+
+
+def test_resume_continues_exactly_where_it_stopped(tiny_mnist, tmp_path):
+    straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+    assert run_stage_one(tiny_mnist, straight, epochs=4) == 0
+    assert run_stage_one(tiny_mnist, interrupted, epochs=2) == 0
+    assert run_stage_one(tiny_mnist, interrupted, epochs=4,
+                         extra=["--resume", os.path.join(interrupted, "last.pt")]) == 0
+    columns = ("stage", "epoch", "train_loss", "test_loss", "lr")
+    expected = [[row[c] for c in columns] for row in history_rows(straight)]
+    assert [[row[c] for c in columns] for row in history_rows(interrupted)] == expected
+    a, _ = load_checkpoint(os.path.join(straight, "last.pt"))
+    b, _ = load_checkpoint(os.path.join(interrupted, "last.pt"))
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_visualize_writes_every_picture(trained_run, tiny_mnist, tmp_path):
+    out_dir = str(tmp_path / "img")
+    assert visualize.main(["--checkpoint", os.path.join(trained_run, "best.pt"),
+                           "--data-dir", tiny_mnist, "--out-dir", out_dir]) == 0
+    names = ["reconstructions.png", "homotopy_1.png", "homotopy_2.png", "homotopy_3.png", "curves.png"]
+    for name in names:
+        assert os.path.getsize(os.path.join(out_dir, name)) > 1000, name
+    from PIL import Image
+
+    # 32 digits of 28 pixels with 2-pixel padding, two rows.
+    assert Image.open(os.path.join(out_dir, "reconstructions.png")).size == (32 * 30 + 2, 2 * 30 + 2)
+    assert Image.open(os.path.join(out_dir, "homotopy_1.png")).size == (12 * 30 + 2, 2 * 30 + 2)
+
+
+def reference_style_checkpoint(path, numpy_module_name):
+    """A checkpoint as the reference project saved it: five keys, `loss` a numpy float64."""
+    model = AutoEncoder()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+    torch.save({"epoch": 80, "model_state_dict": model.state_dict(),
+                "optimizer_state_dict": optimizer.state_dict(),
+                "scheduler_state_dict": scheduler.state_dict(), "loss": np.float64(0.0025443)}, path)
+    # numpy 1 pickles its scalars as numpy.core.*, numpy 2 as numpy._core.*.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(buffer, "w") as target:
+        for item in source.infolist():
+            content = source.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                content = content.replace(b"numpy._core.multiarray", numpy_module_name.encode())
+            target.writestr(item, content)
+    with open(path, "wb") as file:
+        file.write(buffer.getvalue())
+    return model
+
+
+@pytest.mark.parametrize("numpy_module_name", ["numpy.core.multiarray", "numpy._core.multiarray"])
+def test_reference_checkpoint_loads_with_weights_only(tmp_path, numpy_module_name, tiny_mnist, capsys):
+    path = str(tmp_path / "best_model.pth")
+    original = reference_style_checkpoint(path, numpy_module_name)
+    assert numpy_module_name.encode() in zipfile.ZipFile(path).read("best_model/data.pkl")
+    model, checkpoint = load_checkpoint(path)
+    assert float(checkpoint["loss"]) == pytest.approx(0.0025443)
+    for x, y in zip(model.state_dict().values(), original.state_dict().values()):
+        assert torch.equal(x, y)
+    assert train.main(["--eval-only", "--resume", path, "--data-dir", tiny_mnist, *CPU]) == 0
+    assert last_line(capsys.readouterr().out).startswith("test_mse=")

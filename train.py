@@ -1,0 +1,373 @@
+"""Train the MNIST autoencoder.
+
+Stage 1 trains from scratch on plain digits; stage 2 fine-tunes a stage-1 model on
+warped digits (random perspective + rotation):
+
+    python train.py --stage 1 --epochs 80
+    python train.py --stage 2 --resume best.pt
+    python train.py --eval-only --resume best.pt
+
+Each epoch appends a row to <out-dir>/history.csv and writes <out-dir>/last.pt, and
+<out-dir>/best.pt when the test loss improves. `--resume last.pt` with the same flags
+continues an interrupted run exactly where its last completed epoch left it.
+"""
+
+import argparse
+import copy
+import csv
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+from model import AutoEncoder, CheckpointError, load_checkpoint
+
+STAGE_LR = {1: 3e-3, 2: 1e-3}
+EVAL_BATCH_SIZE = 1000
+HISTORY_FIELDS = ["stage", "epoch", "train_loss", "test_loss", "lr", "seconds"]
+# On GPU, reading a loss back to the host stalls the pipeline; do it every few batches.
+GPU_SYNC_EVERY = 50
+EXIT_USAGE, EXIT_NON_FINITE, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its files; the message says what to do."""
+
+
+class NonFiniteLoss(Exception):
+    """The loss became inf or NaN; `where` names the batch, e.g. 'training batch 12'."""
+
+
+def positive(kind):
+    def parse(text):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--stage", type=int, choices=[1, 2], default=1,
+                        help="1: train on plain digits; 2: fine-tune with augmentation (needs --resume)")
+    parser.add_argument("--epochs", type=positive(int), default=80, help="epochs of this stage")
+    parser.add_argument("--lr", type=positive(float), default=None,
+                        help=f"Adam learning rate (default: {STAGE_LR[1]:g} for stage 1, {STAGE_LR[2]:g} for stage 2)")
+    parser.add_argument("--batch-size", type=positive(int), default=128)
+    parser.add_argument("--plateau-factor", type=positive(float), default=0.5,
+                        help="ReduceLROnPlateau: multiply the lr by this when the test loss stalls")
+    parser.add_argument("--plateau-patience", type=int, default=2,
+                        help="ReduceLROnPlateau: epochs without improvement before the lr drops")
+    parser.add_argument("--ema-decay", type=float, default=0.999,
+                        help="decay of the moving average of the weights that is evaluated and saved (0: off)")
+    parser.add_argument("--resume", metavar="PATH", default=None,
+                        help="checkpoint to continue (same stage) or to start stage 2 from")
+    parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw/ (downloaded if missing)")
+    parser.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist")
+    parser.add_argument("--out-dir", default=".", help="where checkpoints and history.csv go")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                        help="auto: cuda, then mps, then cpu")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate --resume on the test set and exit")
+    parser.add_argument("--subset", type=positive(int), default=None,
+                        help="use only the first N training and test images (quick runs, tests)")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="training arithmetic; auto: bf16 where the device computes it natively. "
+                             "Evaluation is always fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    args = parser.parse_args(argv)
+    if args.lr is None:
+        args.lr = STAGE_LR[args.stage]
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if args.plateau_factor >= 1:
+        parser.error(f"--plateau-factor must be < 1, got {args.plateau_factor}")
+    if args.stage == 2 and not args.resume:
+        parser.error("--stage 2 fine-tunes a trained model: pass --resume best.pt from stage 1")
+    if args.eval_only and not args.resume:
+        parser.error("--eval-only needs --resume CHECKPOINT")
+    return args
+
+
+def choose_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: MPS is not available; use --device cpu")
+    return torch.device(name)
+
+
+def use_bf16(precision, device):
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # Without native bf16 (AVX512-BF16/AMX) a CPU emulates it, slower than fp32.
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def check_writable(folder):
+    """Fail before training, not after the first epoch, when checkpoints cannot be written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise UsageError(f"--out-dir {folder}: cannot write there ({error.strerror or error})") from None
+
+
+def load_data(args, device):
+    """The training and test images (uint8, on `device`), cut to --subset if given."""
+    splits = []
+    for train in (True, False):
+        images, labels = data.load_split(args.data_dir, train=train, dataset=args.dataset)
+        splits.append((images[: args.subset].to(device), labels[: args.subset].to(device)))
+    return splits
+
+
+def atomic_write(path, write):
+    """Call write(temp_path), then move the temp file over `path` in one step."""
+    folder = os.path.dirname(os.path.abspath(path))
+    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.")
+    os.close(descriptor)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def save_checkpoint(path, checkpoint):
+    atomic_write(path, lambda temporary: torch.save(checkpoint, temporary))
+
+
+def read_history(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as file:
+        return [dict(row) for row in csv.DictReader(file)]
+
+
+def write_history(path, rows):
+    def write(temporary):
+        with open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=HISTORY_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def update_ema(ema_model, model, decay, step):
+    """ema = d * ema + (1 - d) * model, for weights and BatchNorm statistics.
+
+    d grows from 0.1 towards `decay` over the first steps, so that the average does not
+    drag the random initial weights along for thousands of steps.
+    """
+    decay = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for ema_value, value in zip(ema_model.state_dict().values(), model.state_dict().values()):
+            if ema_value.is_floating_point():
+                ema_value.lerp_(value, 1 - decay)
+            else:
+                ema_value.copy_(value)
+
+
+def train_epoch(model, optimizer, images, batch_size, generator, augment=False, bf16=False,
+                ema_model=None, ema_decay=0.0, first_step=0, description="train"):
+    """One pass over `images` in a shuffled order; returns the mean training loss."""
+    model.train()
+    sync_every = 1 if images.device.type == "cpu" else GPU_SYNC_EVERY
+    num_batches = math.ceil(len(images) / batch_size)
+    batch_losses = torch.zeros(num_batches, device=images.device)
+    progress = tqdm(data.shuffled_batches(images, batch_size, generator), total=num_batches,
+                    desc=description, leave=False, dynamic_ncols=True, mininterval=0.5)
+    checked = 0
+    for index, batch in enumerate(progress):
+        if augment:
+            batch = data.augment(batch, generator)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            reconstruction, _ = model(batch)
+        loss = F.mse_loss(reconstruction.float(), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema_model is not None:
+            update_ema(ema_model, model, ema_decay, first_step + index)
+        batch_losses[index] = loss.detach()
+        if (index + 1) % sync_every == 0 or index + 1 == num_batches:
+            recent = batch_losses[checked : index + 1]
+            if not torch.isfinite(recent).all():
+                first_bad = checked + int((~torch.isfinite(recent)).nonzero()[0]) + 1
+                raise NonFiniteLoss(f"training batch {first_bad}")
+            checked = index + 1
+            progress.set_postfix(loss=f"{batch_losses[:checked].mean().item():.5f}", refresh=False)
+    return batch_losses.mean().item()
+
+
+def per_image_mse(model, images, batch_size=EVAL_BATCH_SIZE):
+    """Mean squared error of each image's reconstruction, float64 [N] on the CPU."""
+    model.eval()
+    errors = []
+    with torch.inference_mode():
+        for batch in data.ordered_batches(images, batch_size):
+            reconstruction, _ = model(batch)
+            errors.append((reconstruction - batch).pow(2).mean(dim=(1, 2, 3)))
+    return torch.cat(errors).double().cpu()
+
+
+def evaluate(model, images):
+    """Test MSE, the mean over every pixel of every image."""
+    errors = per_image_mse(model, images)
+    if not torch.isfinite(errors).all():
+        first_bad = int((~torch.isfinite(errors)).nonzero()[0]) // EVAL_BATCH_SIZE + 1
+        raise NonFiniteLoss(f"test batch {first_bad}")
+    return errors.mean().item()
+
+
+def resume_command(out_dir):
+    """The command line that continues this run from <out-dir>/last.pt."""
+    argv, skip = [], False
+    for word in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif word == "--resume":
+            skip = True
+        elif not word.startswith("--resume="):
+            argv.append(word)
+    return shlex.join(["python", "train.py", *argv, "--resume", os.path.join(out_dir, "last.pt")])
+
+
+def print_run_header(args, device):
+    print(f"device: {device}")
+    print("config: " + " ".join(f"{key}={value}" for key, value in vars(args).items()))
+
+
+def run_training(args, device, model, checkpoint, train_images, test_images):
+    continuing = checkpoint is not None and checkpoint.get("stage") == args.stage
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=args.plateau_factor, patience=args.plateau_patience
+    )
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    ema_model = copy.deepcopy(model) if args.ema_decay > 0 else None
+    if args.compile:
+        model.compile()
+    start_epoch, best_loss = 1, math.inf
+    history_source = os.path.join(os.path.dirname(args.resume or ""), "history.csv")
+    if continuing:
+        model.load_state_dict(checkpoint["train_model_state_dict"])
+        optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+        generator.set_state(checkpoint["generator_state"].cpu())
+        start_epoch, best_loss = checkpoint["epoch"] + 1, checkpoint["best_loss"]
+        print(f"continuing stage {args.stage} from epoch {checkpoint['epoch']} of {args.resume}")
+    elif checkpoint is not None:
+        print(f"stage {args.stage}: starting from the weights of {args.resume}, fresh optimizer, lr {args.lr:g}")
+    history = [
+        row for row in read_history(history_source) if args.resume
+        and (int(row["stage"]), int(row["epoch"])) < (args.stage, start_epoch)
+    ]
+    history_path = os.path.join(args.out_dir, "history.csv")
+    evaluated = ema_model if ema_model is not None else model
+
+    bf16 = use_bf16(args.precision, device)
+    batches_per_epoch = math.ceil(len(train_images) / args.batch_size)
+    print(f"training arithmetic: {'bf16 autocast' if bf16 else 'fp32'}")
+
+    for epoch in range(start_epoch, args.epochs + 1):
+        started = time.perf_counter()
+        try:
+            train_loss = train_epoch(
+                model, optimizer, train_images, args.batch_size, generator,
+                augment=args.stage == 2, bf16=bf16, ema_model=ema_model, ema_decay=args.ema_decay,
+                first_step=(epoch - 1) * batches_per_epoch,
+                description=f"stage {args.stage} epoch {epoch}/{args.epochs}",
+            )
+            test_loss = evaluate(evaluated, test_images)
+        except NonFiniteLoss as error:
+            print(f"error: the loss became non-finite at epoch {epoch}, {error} "
+                  f"(lr {optimizer.param_groups[0]['lr']:g}); try a lower --lr. "
+                  f"Checkpoints were left as they were.", file=sys.stderr)
+            return EXIT_NON_FINITE
+        except KeyboardInterrupt:
+            print(f"\ninterrupted during epoch {epoch}; it is abandoned.", file=sys.stderr)
+            if epoch == start_epoch:
+                print("no epoch was completed; run the same command again.", file=sys.stderr)
+            else:
+                print(f"resume with: {resume_command(args.out_dir)}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step(test_loss)
+        seconds = time.perf_counter() - started
+        history.append({"stage": args.stage, "epoch": epoch, "train_loss": f"{train_loss:.7f}",
+                        "test_loss": f"{test_loss:.7f}", "lr": f"{lr:.3e}", "seconds": f"{seconds:.1f}"})
+        improved = test_loss < best_loss
+        best_loss = min(best_loss, test_loss)
+        checkpoint = {
+            "epoch": epoch,
+            "model_state_dict": evaluated.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(),
+            "scheduler_state_dict": scheduler.state_dict(),
+            "loss": test_loss,
+            "stage": args.stage,
+            "args": vars(args),
+            "train_model_state_dict": model.state_dict(),
+            "generator_state": generator.get_state(),
+            "best_loss": best_loss,
+        }
+        write_history(history_path, history)
+        save_checkpoint(os.path.join(args.out_dir, "last.pt"), checkpoint)
+        if improved:
+            save_checkpoint(os.path.join(args.out_dir, "best.pt"), checkpoint)
+        print(f"stage {args.stage} epoch {epoch:3d}/{args.epochs}  train {train_loss:.7f}  "
+              f"test {test_loss:.7f}{' *' if improved else '  '}  lr {lr:.2e}  {seconds:5.1f}s", flush=True)
+    print(f"best test loss of stage {args.stage}: {best_loss:.7f}")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        device = choose_device(args.device)
+        print_run_header(args, device)
+        if not args.eval_only:
+            check_writable(args.out_dir)
+        torch.manual_seed(args.seed)
+        model, checkpoint = AutoEncoder().to(device), None
+        if args.resume:
+            model, checkpoint = load_checkpoint(args.resume, device)
+        # NHWC convolutions are markedly faster on CPUs (oneDNN) and on GPUs.
+        model = model.to(memory_format=torch.channels_last)
+        (train_images, _), (test_images, _) = load_data(args, device)
+    except (UsageError, CheckpointError, data.DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.eval_only:
+        print(f"test_mse={evaluate(model, test_images):.7f}")
+        return 0
+    return run_training(args, device, model, checkpoint, train_images, test_images)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
