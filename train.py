@@ -13,11 +13,13 @@ continues an interrupted run exactly where its last completed epoch left it.
 """
 
 import argparse
+import contextlib
 import copy
 import csv
 import math
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -29,7 +31,7 @@ from tqdm import tqdm
 import data
 from model import AutoEncoder, CheckpointError, load_checkpoint
 
-STAGE_LR = {1: 3e-3, 2: 1e-3}
+STAGE_LR = {1: 1e-2, 2: 1e-3}
 EVAL_BATCH_SIZE = 1000
 HISTORY_FIELDS = ["stage", "epoch", "train_loss", "test_loss", "lr", "seconds"]
 # On GPU, reading a loss back to the host stalls the pipeline; do it every few batches.
@@ -66,10 +68,10 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=positive(int), default=80, help="epochs of this stage")
     parser.add_argument("--lr", type=positive(float), default=None,
                         help=f"Adam learning rate (default: {STAGE_LR[1]:g} for stage 1, {STAGE_LR[2]:g} for stage 2)")
-    parser.add_argument("--batch-size", type=positive(int), default=128)
+    parser.add_argument("--batch-size", type=positive(int), default=64)
     parser.add_argument("--plateau-factor", type=positive(float), default=0.5,
                         help="ReduceLROnPlateau: multiply the lr by this when the test loss stalls")
-    parser.add_argument("--plateau-patience", type=int, default=2,
+    parser.add_argument("--plateau-patience", type=int, default=1,
                         help="ReduceLROnPlateau: epochs without improvement before the lr drops")
     parser.add_argument("--ema-decay", type=float, default=0.999,
                         help="decay of the moving average of the weights that is evaluated and saved (0: off)")
@@ -245,6 +247,19 @@ def evaluate(model, images):
     return errors.mean().item()
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold back Ctrl-C until the block is done, so an epoch's files are written whole."""
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def resume_command(out_dir):
     """The command line that continues this run from <out-dir>/last.pt."""
     argv, skip = [], False
@@ -295,9 +310,10 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
     batches_per_epoch = math.ceil(len(train_images) / args.batch_size)
     print(f"training arithmetic: {'bf16 autocast' if bf16 else 'fp32'}")
 
-    for epoch in range(start_epoch, args.epochs + 1):
-        started = time.perf_counter()
-        try:
+    epoch, saved_epoch = start_epoch - 1, None
+    try:
+        for epoch in range(start_epoch, args.epochs + 1):
+            started = time.perf_counter()
             train_loss = train_epoch(
                 model, optimizer, train_images, args.batch_size, generator,
                 augment=args.stage == 2, bf16=bf16, ema_model=ema_model, ema_decay=args.ema_decay,
@@ -305,43 +321,48 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
                 description=f"stage {args.stage} epoch {epoch}/{args.epochs}",
             )
             test_loss = evaluate(evaluated, test_images)
-        except NonFiniteLoss as error:
-            print(f"error: the loss became non-finite at epoch {epoch}, {error} "
-                  f"(lr {optimizer.param_groups[0]['lr']:g}); try a lower --lr. "
-                  f"Checkpoints were left as they were.", file=sys.stderr)
-            return EXIT_NON_FINITE
-        except KeyboardInterrupt:
-            print(f"\ninterrupted during epoch {epoch}; it is abandoned.", file=sys.stderr)
-            if epoch == start_epoch:
-                print("no epoch was completed; run the same command again.", file=sys.stderr)
-            else:
-                print(f"resume with: {resume_command(args.out_dir)}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step(test_loss)
-        seconds = time.perf_counter() - started
-        history.append({"stage": args.stage, "epoch": epoch, "train_loss": f"{train_loss:.7f}",
-                        "test_loss": f"{test_loss:.7f}", "lr": f"{lr:.3e}", "seconds": f"{seconds:.1f}"})
-        improved = test_loss < best_loss
-        best_loss = min(best_loss, test_loss)
-        checkpoint = {
-            "epoch": epoch,
-            "model_state_dict": evaluated.state_dict(),
-            "optimizer_state_dict": optimizer.state_dict(),
-            "scheduler_state_dict": scheduler.state_dict(),
-            "loss": test_loss,
-            "stage": args.stage,
-            "args": vars(args),
-            "train_model_state_dict": model.state_dict(),
-            "generator_state": generator.get_state(),
-            "best_loss": best_loss,
-        }
-        write_history(history_path, history)
-        save_checkpoint(os.path.join(args.out_dir, "last.pt"), checkpoint)
-        if improved:
-            save_checkpoint(os.path.join(args.out_dir, "best.pt"), checkpoint)
-        print(f"stage {args.stage} epoch {epoch:3d}/{args.epochs}  train {train_loss:.7f}  "
-              f"test {test_loss:.7f}{' *' if improved else '  '}  lr {lr:.2e}  {seconds:5.1f}s", flush=True)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step(test_loss)
+            seconds = time.perf_counter() - started
+            history.append({"stage": args.stage, "epoch": epoch, "train_loss": f"{train_loss:.7f}",
+                            "test_loss": f"{test_loss:.7f}", "lr": f"{lr:.3e}", "seconds": f"{seconds:.1f}"})
+            improved = test_loss < best_loss
+            best_loss = min(best_loss, test_loss)
+            checkpoint = {
+                "epoch": epoch,
+                "model_state_dict": evaluated.state_dict(),
+                "optimizer_state_dict": optimizer.state_dict(),
+                "scheduler_state_dict": scheduler.state_dict(),
+                "loss": test_loss,
+                "stage": args.stage,
+                "args": vars(args),
+                "train_model_state_dict": model.state_dict(),
+                "generator_state": generator.get_state(),
+                "best_loss": best_loss,
+            }
+            # This order keeps the files consistent after a kill at any point: a resume
+            # from last.pt drops later history rows and redoes the epoch identically.
+            with interrupts_deferred():
+                write_history(history_path, history)
+                if improved:
+                    save_checkpoint(os.path.join(args.out_dir, "best.pt"), checkpoint)
+                save_checkpoint(os.path.join(args.out_dir, "last.pt"), checkpoint)
+                saved_epoch = epoch
+            print(f"stage {args.stage} epoch {epoch:3d}/{args.epochs}  train {train_loss:.7f}  "
+                  f"test {test_loss:.7f}{' *' if improved else '  '}  lr {lr:.2e}  {seconds:5.1f}s", flush=True)
+    except NonFiniteLoss as error:
+        print(f"error: the loss became non-finite at epoch {epoch}, {error} "
+              f"(lr {optimizer.param_groups[0]['lr']:g}); try a lower --lr. "
+              f"Checkpoints were left as they were.", file=sys.stderr)
+        return EXIT_NON_FINITE
+    except KeyboardInterrupt:
+        if saved_epoch is None:
+            print("\ninterrupted before an epoch was completed; run the same command again.", file=sys.stderr)
+        else:
+            print(f"\ninterrupted; {os.path.join(args.out_dir, 'last.pt')} holds epoch {saved_epoch}.",
+                  file=sys.stderr)
+            print(f"resume with: {resume_command(args.out_dir)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"best test loss of stage {args.stage}: {best_loss:.7f}")
     return 0
 

@@ -1,0 +1,249 @@
+"""Crashes, interrupts and bad input, run from the command line as a user would.
+
+Each bad input must end with exit status 2, one line on stderr that names the file or
+flag, no traceback, and every checkpoint left as it was.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import write_idx
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(script, *args, timeout=120):
+    return subprocess.run([sys.executable, os.path.join(HERE, script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=HERE)
+
+
+def snapshot(folder):
+    """Bytes of every file in `folder`, to show that nothing was overwritten."""
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+
+
+@pytest.fixture
+def run_dir(trained_run, tmp_path):
+    """A copy of a finished run (best.pt, last.pt, history.csv) that a bad command must not touch."""
+    folder = str(tmp_path / "run")
+    shutil.copytree(trained_run, folder)
+    return folder
+
+
+def assert_clean_failure(result, *words, status=2):
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def bad_checkpoints(folder, good_checkpoint):
+    """name -> (path, word the error message must contain)."""
+    paths = {}
+    empty = os.path.join(folder, "empty.pt")
+    open(empty, "wb").close()
+    paths["empty"] = (empty, "empty.pt")
+    truncated = os.path.join(folder, "truncated.pt")
+    content = open(good_checkpoint, "rb").read()
+    with open(truncated, "wb") as file:
+        file.write(content[: len(content) // 2])
+    paths["truncated"] = (truncated, "truncated.pt")
+    png = os.path.join(folder, "picture.png")
+    with open(png, "wb") as file:
+        file.write(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    paths["png"] = (png, "picture.png")
+    checkpoint = torch.load(good_checkpoint, weights_only=True)
+    checkpoint["model_state_dict"]["encoder.1.0.weight"] = torch.zeros(48, 16, 3, 3)
+    other_architecture = os.path.join(folder, "wide.pt")
+    torch.save(checkpoint, other_architecture)
+    paths["other architecture"] = (other_architecture, "encoder.1.0.weight")
+    no_weights = os.path.join(folder, "no_weights.pt")
+    torch.save({"epoch": 3, "loss": 0.1}, no_weights)
+    paths["no model_state_dict"] = (no_weights, "model_state_dict")
+    paths["missing"] = (os.path.join(folder, "nowhere.pt"), "nowhere.pt")
+    return paths
+
+
+def test_bad_resume_files_fail_cleanly(run_dir, tiny_mnist, tmp_path):
+    before = snapshot(run_dir)
+    for name, (path, word) in bad_checkpoints(str(tmp_path), os.path.join(run_dir, "best.pt")).items():
+        result = run("train.py", "--resume", path, "--data-dir", tiny_mnist, "--out-dir", run_dir,
+                     "--epochs", "1", "--device", "cpu")
+        assert_clean_failure(result, word)
+    assert snapshot(run_dir) == before
+
+
+class RunsCode:
+    """Unpickling this would create a file: what a malicious checkpoint could do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_that_runs_code_is_refused(run_dir, tiny_mnist, tmp_path):
+    marker = str(tmp_path / "code-ran")
+    evil = str(tmp_path / "evil.pt")
+    torch.save({"model_state_dict": RunsCode(marker)}, evil)
+    assert not os.path.exists(marker)
+    before = snapshot(run_dir)
+    result = run("train.py", "--resume", evil, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--device", "cpu")
+    assert_clean_failure(result, "evil.pt")
+    assert not os.path.exists(marker)
+    result = run("visualize.py", "--checkpoint", evil, "--data-dir", tiny_mnist, "--out-dir", tmp_path / "img")
+    assert_clean_failure(result, "evil.pt")
+    assert not os.path.exists(marker)
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("flags, word", [
+    (["--stage", "2"], "--resume"),
+    (["--epochs", "-1"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-0.1"], "--lr"),
+])
+def test_nonsense_flags_are_refused(flags, word, run_dir, tiny_mnist):
+    before = snapshot(run_dir)
+    result = run("train.py", *flags, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--device", "cpu")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert word in result.stderr.strip().splitlines()[-1]
+    assert snapshot(run_dir) == before
+
+
+def corrupt_copy(tiny_mnist, tmp_path, damage):
+    root = str(tmp_path / "broken")
+    shutil.copytree(tiny_mnist, root)
+    damage(os.path.join(root, "MNIST", "raw", "train-images-idx3-ubyte"))
+    return root
+
+
+def truncate(path):
+    content = open(path, "rb").read()
+    with open(path, "wb") as file:
+        file.write(content[:5000])
+
+
+def wrong_magic(path):
+    content = bytearray(open(path, "rb").read())
+    content[2] = 0x42
+    with open(path, "wb") as file:
+        file.write(content)
+
+
+def wrong_shape(path):
+    write_idx(path, torch.zeros(320, 14, 56, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("damage", [truncate, wrong_magic, wrong_shape])
+def test_corrupt_mnist_files_fail_cleanly(damage, tiny_mnist, run_dir, tmp_path):
+    broken = corrupt_copy(tiny_mnist, tmp_path, damage)
+    before = snapshot(run_dir)
+    result = run("train.py", "--data-dir", broken, "--out-dir", run_dir, "--epochs", "1", "--device", "cpu")
+    assert_clean_failure(result, os.path.join(broken, "MNIST", "raw"), "corrupt")
+    assert snapshot(run_dir) == before
+
+
+def test_missing_data_says_where_the_files_go(tmp_path):
+    result = run("train.py", "--data-dir", tmp_path / "nothing", "--out-dir", tmp_path / "out",
+                 "--epochs", "1", "--device", "cpu")
+    assert_clean_failure(result, os.path.join(str(tmp_path / "nothing"), "MNIST", "raw"), "--data-dir")
+
+
+def test_unwritable_out_dir_fails_before_training(tiny_mnist, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", blocker / "out", "--epochs", "1",
+                 "--device", "cpu")
+    assert_clean_failure(result, "--out-dir")
+    assert "epoch" not in result.stdout.replace("epochs=", "")
+
+
+def test_non_finite_loss_stops_with_status_3(run_dir, tiny_mnist):
+    before = snapshot(run_dir)
+    result = run("train.py", "--lr", "1e6", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "3",
+                 "--device", "cpu")
+    assert result.returncode == 3, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "epoch 1" in message and "batch" in message and "--lr" in message
+    assert "Traceback" not in result.stderr
+    assert snapshot(run_dir) == before
+
+
+def test_visualize_without_checkpoint_fails_cleanly(tiny_mnist, tmp_path):
+    result = run("visualize.py", "--checkpoint", tmp_path / "none.pt", "--data-dir", tiny_mnist,
+                 "--out-dir", tmp_path / "img")
+    assert_clean_failure(result, "none.pt")
+
+
+def test_visualize_without_history_skips_only_the_curves(run_dir, tiny_mnist, tmp_path):
+    os.remove(os.path.join(run_dir, "history.csv"))
+    out_dir = tmp_path / "img"
+    result = run("visualize.py", "--checkpoint", os.path.join(run_dir, "best.pt"), "--data-dir", tiny_mnist,
+                 "--out-dir", out_dir)
+    assert result.returncode == 0, result.stderr
+    assert "skipped curves.png" in result.stderr and "history.csv" in result.stderr
+    assert os.path.exists(out_dir / "reconstructions.png")
+    assert not os.path.exists(out_dir / "curves.png")
+
+
+def start_training(tiny_mnist, out_dir, *extra):
+    command = [sys.executable, os.path.join(HERE, "train.py"), "--data-dir", tiny_mnist, "--out-dir", out_dir,
+               "--epochs", "5", "--batch-size", "4", "--seed", "3", "--device", "cpu", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
+
+
+def wait_for_epochs(out_dir, count, process, limit=120):
+    """Wait until history.csv holds `count` epochs, then return at once (mid-epoch, usually)."""
+    history = os.path.join(out_dir, "history.csv")
+    deadline = time.time() + limit
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(history) and len(open(history).read().strip().splitlines()) > count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no epoch {count} within {limit} s")
+
+
+def history_without_seconds(out_dir):
+    lines = open(os.path.join(out_dir, "history.csv")).read().strip().splitlines()
+    return [line.rsplit(",", 1)[0] for line in lines]
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_mnist, tmp_path):
+    straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+    assert start_training(tiny_mnist, straight).wait(timeout=300) == 0
+    process = start_training(tiny_mnist, killed)
+    wait_for_epochs(killed, 2, process)
+    process.kill()
+    process.wait()
+    torch.load(os.path.join(killed, "last.pt"), weights_only=True)
+    resumed = start_training(tiny_mnist, killed, "--resume", os.path.join(killed, "last.pt"))
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert history_without_seconds(killed) == history_without_seconds(straight)
+
+
+def test_ctrl_c_keeps_the_last_epoch_and_prints_the_resume_command(tiny_mnist, tmp_path):
+    out_dir = str(tmp_path / "run")
+    process = start_training(tiny_mnist, out_dir)
+    wait_for_epochs(out_dir, 1, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    epochs_done = len(open(os.path.join(out_dir, "history.csv")).read().strip().splitlines()) - 1
+    assert torch.load(os.path.join(out_dir, "last.pt"), weights_only=True)["epoch"] == epochs_done
+    command = stderr.strip().splitlines()[-1].split("resume with: ", 1)[1]
+    assert command.endswith(f"--resume {os.path.join(out_dir, 'last.pt')}")
+    assert "--seed 3" in command and "--batch-size 4" in command
