@@ -1,6 +1,8 @@
 """Unit tests: the model against the reference layout, the data pipeline, the augmentation."""
 
+import gzip
 import math
+import os
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torchvision.transforms import InterpolationMode, ToTensor
 from torchvision.transforms.v2 import functional as TF
 
 import data
+from conftest import NUM_TEST, synthetic_digits, write_mnist
 from model import AutoEncoder, layer_table
 
 # From the reference README's torchsummary table: (layer, output shape, parameters).
@@ -157,3 +160,14 @@ def test_augment_is_deterministic_for_a_seed():
     first = data.augment(images, torch.Generator().manual_seed(7))
     second = data.augment(images, torch.Generator().manual_seed(7))
     assert torch.equal(first, second)
+
+
+def test_fashion_mnist_raw_folder_of_gz_files(tmp_path):
+    raw = write_mnist(str(tmp_path), folder="FashionMNIST")
+    for name in os.listdir(raw):
+        with open(os.path.join(raw, name), "rb") as plain, gzip.open(os.path.join(raw, name + ".gz"), "wb") as packed:
+            packed.write(plain.read())
+        os.remove(os.path.join(raw, name))
+    images, labels = data.load_split(str(tmp_path), train=False, dataset="fashion-mnist")
+    assert images.shape == (NUM_TEST, 28, 28) and labels.shape == (NUM_TEST,)
+    assert torch.equal(images, synthetic_digits(NUM_TEST, seed=1)[0])

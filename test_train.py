@@ -3,12 +3,15 @@
 import csv
 import io
 import os
+import shutil
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import data
 import train
 import visualize
 from model import AutoEncoder, load_checkpoint
@@ -63,6 +66,16 @@ def test_stage_two_starts_from_stage_one_weights_with_fresh_optimizer(trained_ru
     assert checkpoint["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
 
 
+def test_stage_two_in_the_same_folder_keeps_the_stage_one_checkpoint(trained_run, tiny_mnist, tmp_path):
+    out_dir = str(tmp_path / "run")
+    shutil.copytree(trained_run, out_dir)
+    stage_one = open(os.path.join(out_dir, "best.pt"), "rb").read()
+    assert train.main(["--stage", "2", "--resume", os.path.join(out_dir, "best.pt"), "--epochs", "1",
+                       "--data-dir", tiny_mnist, "--out-dir", out_dir, "--subset", "64", *CPU]) == 0
+    assert open(os.path.join(out_dir, "stage1_best.pt"), "rb").read() == stage_one
+    assert load_checkpoint(os.path.join(out_dir, "best.pt"))[1]["stage"] == 2
+
+
 def run_stage_one(tiny_mnist, out_dir, epochs=3, extra=()):
     return train.main(["--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", str(epochs),
                        "--batch-size", "32", "--seed", "5", "--subset", "160", *CPU, *extra])
@@ -87,14 +100,57 @@ def test_visualize_writes_every_picture(trained_run, tiny_mnist, tmp_path):
     out_dir = str(tmp_path / "img")
     assert visualize.main(["--checkpoint", os.path.join(trained_run, "best.pt"),
                            "--data-dir", tiny_mnist, "--out-dir", out_dir]) == 0
-    names = ["reconstructions.png", "homotopy_1.png", "homotopy_2.png", "homotopy_3.png", "curves.png"]
+    names = ["reconstructions.png", "homotopy_1.png", "homotopy_2.png", "homotopy_3.png", "curves.png",
+             "latent_pca.png", "per_digit_error.png", "worst.png", "samples.png", "interpolation_grid.png"]
+    assert sorted(os.listdir(out_dir)) == sorted(names)
+    # Digits are 28 pixels with 2 pixels of padding: (columns, rows) of each grid.
+    grids = {"reconstructions.png": (32, 2), "homotopy_1.png": (12, 2), "worst.png": (16, 2),
+             "samples.png": (8, 4), "interpolation_grid.png": (10, 10)}
     for name in names:
-        assert os.path.getsize(os.path.join(out_dir, name)) > 1000, name
-    from PIL import Image
+        picture = np.asarray(Image.open(os.path.join(out_dir, name)).convert("L"), dtype=float)
+        assert picture.std() > 10, f"{name} is blank"
+        if name in grids:
+            columns, rows = grids[name]
+            assert picture.shape == (rows * 30 + 2, columns * 30 + 2), name
 
-    # 32 digits of 28 pixels with 2-pixel padding, two rows.
-    assert Image.open(os.path.join(out_dir, "reconstructions.png")).size == (32 * 30 + 2, 2 * 30 + 2)
-    assert Image.open(os.path.join(out_dir, "homotopy_1.png")).size == (12 * 30 + 2, 2 * 30 + 2)
+
+def test_eval_only_metrics_agree_with_a_direct_computation(trained_run, tiny_mnist, capsys):
+    checkpoint_path = os.path.join(trained_run, "best.pt")
+    assert train.main(["--eval-only", "--resume", checkpoint_path, "--data-dir", tiny_mnist, *CPU]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    printed = dict(line.split("=", 1) for line in lines if "=" in line and " " not in line)
+    names = ["test_psnr", "test_mse_sum", "warped_test_mse", "knn_accuracy",
+             *[f"test_mse_digit_{d}" for d in range(10)], "test_mse"]
+    assert list(printed) == names and lines[-1].startswith("test_mse=")
+
+    model, _ = load_checkpoint(checkpoint_path)
+    model.eval()
+    train_images, train_labels = data.load_split(tiny_mnist, train=True)
+    test_images, test_labels = data.load_split(tiny_mnist, train=False)
+    x = test_images.float()[:, None] / 255
+    with torch.no_grad():
+        reconstruction, test_codes = model(x)
+        train_codes = model(train_images.float()[:, None] / 255)[1]
+    per_image = ((reconstruction - x) ** 2).flatten(1).mean(1).double()
+    assert float(printed["test_mse"]) == pytest.approx(per_image.mean().item(), abs=1e-7)
+    assert float(printed["test_mse_sum"]) == pytest.approx(per_image.mean().item() * 784, abs=1e-5)
+    assert float(printed["test_psnr"]) == pytest.approx((-10 * per_image.log10()).mean().item(), abs=1e-3)
+    for digit in range(10):
+        expected = per_image[test_labels == digit].mean().item()
+        assert float(printed[f"test_mse_digit_{digit}"]) == pytest.approx(expected, abs=1e-7)
+    correct = 0
+    for code, label in zip(test_codes, test_labels):
+        distances = ((train_codes - code) ** 2).sum(1)
+        votes = torch.bincount(train_labels[distances.argsort()[:5]], minlength=10)
+        correct += int(votes.argmax() == label)
+    assert float(printed["knn_accuracy"]) == pytest.approx(correct / len(test_labels), abs=1e-4)
+    warped = train.warped_copy(test_images)
+    assert warped.dtype == torch.uint8 and not torch.equal(warped, test_images)
+    assert torch.equal(warped, train.warped_copy(test_images)), "the warped test set must be fixed"
+    xw = warped.float()[:, None] / 255
+    with torch.no_grad():
+        warped_mse = ((model(xw)[0] - xw) ** 2).mean().item()
+    assert float(printed["warped_test_mse"]) == pytest.approx(warped_mse, abs=1e-7)
 
 
 def reference_style_checkpoint(path, numpy_module_name):

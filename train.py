@@ -19,6 +19,7 @@ import csv
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -33,6 +34,10 @@ from model import AutoEncoder, CheckpointError, load_checkpoint
 
 STAGE_LR = {1: 1e-2, 2: 1e-3}
 EVAL_BATCH_SIZE = 1000
+WARP_SEED = 2024  # the fixed draw of augmentation parameters behind warped_test_mse
+KNN_NEIGHBOURS = 5
+KNN_CHUNK = 500  # test codes per distance matrix: 500 x 60,000 floats is 120 MB
+NUM_CLASSES = 10
 HISTORY_FIELDS = ["stage", "epoch", "train_loss", "test_loss", "lr", "seconds"]
 # On GPU, reading a loss back to the host stalls the pipeline; do it every few batches.
 GPU_SYNC_EVERY = 50
@@ -125,6 +130,11 @@ def use_bf16(precision, device):
         return torch.cuda.is_bf16_supported()
     # Without native bf16 (AVX512-BF16/AMX) a CPU emulates it, slower than fp32.
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def prepare_model(model):
+    """NHWC (channels_last) convolutions are markedly faster with oneDNN on CPUs, and on GPUs."""
+    return model.to(memory_format=torch.channels_last)
 
 
 def check_writable(folder):
@@ -247,6 +257,54 @@ def evaluate(model, images):
     return errors.mean().item()
 
 
+def latent_codes(model, images, batch_size=EVAL_BATCH_SIZE):
+    """The encoder's 128 numbers for each image, [N, 128]."""
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model.encoder(batch) for batch in data.ordered_batches(images, batch_size)])
+
+
+def warped_copy(images, seed=WARP_SEED):
+    """The images warped once by the stage-2 augmentation with a fixed seed, uint8 like the originals.
+
+    Drawn on the CPU, so the copy is the same whatever device evaluates it.
+    """
+    warped = data.augment(data.to_float(images.cpu()), torch.Generator().manual_seed(seed))
+    return warped.mul(255).round().to(torch.uint8)[:, 0].to(images.device)
+
+
+def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=KNN_NEIGHBOURS):
+    """Accuracy of a k-nearest-neighbour vote (Euclidean) on latent codes.
+
+    Ties between classes go to the smallest label, as in scikit-learn's KNeighborsClassifier.
+    """
+    correct = 0
+    for start in range(0, len(test_codes), KNN_CHUNK):
+        chunk = test_codes[start : start + KNN_CHUNK]
+        nearest = torch.cdist(chunk, train_codes).topk(k, largest=False).indices
+        votes = F.one_hot(train_labels[nearest], NUM_CLASSES).sum(dim=1)
+        correct += (votes.argmax(dim=1) == test_labels[start : start + KNN_CHUNK]).sum().item()
+    return correct / len(test_codes)
+
+
+def test_metrics(model, train_split, test_split):
+    """Every number --eval-only prints, in order; test_mse comes last."""
+    (train_images, train_labels), (test_images, test_labels) = train_split, test_split
+    errors = per_image_mse(model, test_images)
+    metrics = {
+        "test_psnr": (10 * torch.log10(1 / errors.clamp_min(1e-12))).mean().item(),
+        "test_mse_sum": errors.mean().item() * test_images[0].numel(),
+        "warped_test_mse": per_image_mse(model, warped_copy(test_images)).mean().item(),
+        "knn_accuracy": knn_accuracy(latent_codes(model, train_images), train_labels,
+                                     latent_codes(model, test_images), test_labels),
+    }
+    labels = test_labels.cpu()
+    for digit in range(NUM_CLASSES):
+        metrics[f"test_mse_digit_{digit}"] = errors[labels == digit].mean().item()
+    metrics["test_mse"] = errors.mean().item()
+    return metrics
+
+
 @contextlib.contextmanager
 def interrupts_deferred():
     """Hold back Ctrl-C until the block is done, so an epoch's files are written whole."""
@@ -278,6 +336,16 @@ def print_run_header(args, device):
     print("config: " + " ".join(f"{key}={value}" for key, value in vars(args).items()))
 
 
+def keep_starting_checkpoint(args, checkpoint):
+    """This stage will write best.pt and last.pt anew: keep the previous stage's file under its own name."""
+    resume, out_dir = os.path.abspath(args.resume), os.path.abspath(args.out_dir)
+    if os.path.dirname(resume) != out_dir or os.path.basename(resume) not in ("best.pt", "last.pt"):
+        return
+    kept = os.path.join(args.out_dir, f"stage{checkpoint.get('stage', 1)}_{os.path.basename(resume)}")
+    atomic_write(kept, lambda temporary: shutil.copyfile(resume, temporary))
+    print(f"kept {args.resume} as {kept}")
+
+
 def run_training(args, device, model, checkpoint, train_images, test_images):
     continuing = checkpoint is not None and checkpoint.get("stage") == args.stage
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -299,6 +367,7 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
         print(f"continuing stage {args.stage} from epoch {checkpoint['epoch']} of {args.resume}")
     elif checkpoint is not None:
         print(f"stage {args.stage}: starting from the weights of {args.resume}, fresh optimizer, lr {args.lr:g}")
+        keep_starting_checkpoint(args, checkpoint)
     history = [
         row for row in read_history(history_source) if args.resume
         and (int(row["stage"]), int(row["epoch"])) < (args.stage, start_epoch)
@@ -378,16 +447,16 @@ def main(argv=None):
         model, checkpoint = AutoEncoder().to(device), None
         if args.resume:
             model, checkpoint = load_checkpoint(args.resume, device)
-        # NHWC convolutions are markedly faster on CPUs (oneDNN) and on GPUs.
-        model = model.to(memory_format=torch.channels_last)
-        (train_images, _), (test_images, _) = load_data(args, device)
+        model = prepare_model(model)
+        train_split, test_split = load_data(args, device)
     except (UsageError, CheckpointError, data.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.eval_only:
-        print(f"test_mse={evaluate(model, test_images):.7f}")
+        for name, value in test_metrics(model, train_split, test_split).items():
+            print(f"{name}={value:.4f}" if name in ("test_psnr", "knn_accuracy") else f"{name}={value:.7f}")
         return 0
-    return run_training(args, device, model, checkpoint, train_images, test_images)
+    return run_training(args, device, model, checkpoint, train_split[0], test_split[0])
 
 
 if __name__ == "__main__":

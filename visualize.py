@@ -6,6 +6,11 @@ writes into --out-dir:
   reconstructions.png   the first 32 test digits (top) and their reconstructions (bottom)
   homotopy_1..3.png     decoded straight lines between the codes of two test digits
   curves.png            learning rate, train and test loss per epoch, both stages
+  latent_pca.png        the test codes projected on their first two principal components
+  per_digit_error.png   test MSE of each digit
+  worst.png             the 16 worst-reconstructed test digits (top) and their reconstructions
+  samples.png           32 new digits decoded from a Gaussian fitted to the training codes
+  interpolation_grid.png  a 10x10 grid decoded between the codes of four test digits at the corners
 
 The curves come from the history.csv beside the checkpoint, or from the files named by
 --history (several are overlaid, e.g. this repo's run against the reference's).
@@ -25,13 +30,19 @@ from torchvision.utils import make_grid, save_image  # noqa: E402
 
 import data  # noqa: E402
 from model import CheckpointError, load_checkpoint  # noqa: E402
-from train import choose_device, UsageError  # noqa: E402
+from train import NUM_CLASSES, UsageError, choose_device, latent_codes, per_image_mse  # noqa: E402
 
 NUM_RECONSTRUCTIONS = 32
 # Test-set indices of the digit pairs to morph: 7 -> 2, 1 -> 0, 4 -> 1.
 HOMOTOPY_PAIRS = [(0, 1), (2, 3), (4, 5)]
 HOMOTOPY_STEPS = 10  # images strictly between the two ends
 GRID_PADDING = 2
+NUM_WORST = 16
+NUM_SAMPLES = 32
+SAMPLE_SEED = 0
+# Test-set indices of the four corner digits of the interpolation grid: 7, 2, 1, 0.
+GRID_CORNERS = (0, 1, 2, 3)
+GRID_SIDE = 10
 
 
 def parse_args(argv=None):
@@ -81,6 +92,73 @@ def draw_homotopy(model, test_images, first, second, path):
     save_rows([morph, originals], path)
 
 
+def draw_latent_pca(test_codes, test_labels, path):
+    """The test codes on their first two principal components, one colour per digit."""
+    codes = test_codes.float().cpu()
+    _, _, components = torch.pca_lowrank(codes, q=2, center=True)
+    projected = (codes - codes.mean(dim=0)) @ components[:, :2]
+    labels = test_labels.cpu()
+    figure, axis = plt.subplots(figsize=(8, 7), constrained_layout=True)
+    colours = plt.get_cmap("tab10")
+    for digit in range(NUM_CLASSES):
+        chosen = labels == digit
+        axis.scatter(projected[chosen, 0], projected[chosen, 1], s=3, alpha=0.5, color=colours(digit),
+                     label=str(digit))
+    axis.set_title(f"{len(codes):,} test codes, first two principal components")
+    axis.set_xlabel("PC 1")
+    axis.set_ylabel("PC 2")
+    axis.legend(title="digit", markerscale=4, loc="best")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def draw_per_digit_error(errors, test_labels, path):
+    labels = test_labels.cpu()
+    means = [errors[labels == digit].mean().item() for digit in range(NUM_CLASSES)]
+    figure, axis = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    axis.bar(range(NUM_CLASSES), means, color="tab:blue")
+    axis.axhline(errors.mean().item(), color="grey", linestyle="--", label="all digits")
+    axis.set_xticks(range(NUM_CLASSES))
+    axis.set_xlabel("digit")
+    axis.set_ylabel("test MSE")
+    axis.set_title("Reconstruction error per digit")
+    axis.legend()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def draw_worst(model, test_images, errors, path):
+    worst = errors.topk(NUM_WORST).indices.to(test_images.device)
+    originals = data.to_float(test_images[worst])
+    with torch.inference_mode():
+        reconstructions = model(originals)[0].clamp(0, 1)
+    save_rows([originals, reconstructions], path)
+
+
+def draw_samples(model, train_codes, path):
+    """Decode codes drawn from N(mean, covariance) of the training codes."""
+    codes = train_codes.double().cpu()
+    mean, covariance = codes.mean(dim=0), torch.cov(codes.T)
+    # A touch of jitter keeps the covariance positive definite for the Cholesky factor.
+    covariance += 1e-6 * covariance.diagonal().mean() * torch.eye(len(mean), dtype=codes.dtype)
+    gaussian = torch.distributions.MultivariateNormal(mean, covariance_matrix=covariance)
+    torch.manual_seed(SAMPLE_SEED)
+    drawn = gaussian.sample((NUM_SAMPLES,)).float().to(train_codes.device)
+    save_image(make_grid(decode(model, drawn), nrow=NUM_SAMPLES // 4, padding=GRID_PADDING, pad_value=1.0), path)
+
+
+def draw_interpolation_grid(model, test_images, path):
+    """Bilinear interpolation between four codes at the corners of a square."""
+    corners = encode(model, data.to_float(test_images[list(GRID_CORNERS)]))
+    top_left, top_right, bottom_left, bottom_right = corners
+    steps = torch.linspace(0, 1, GRID_SIDE, device=corners.device)
+    down, across = steps[:, None, None], steps[None, :, None]
+    top = torch.lerp(top_left, top_right, across)
+    bottom = torch.lerp(bottom_left, bottom_right, across)
+    grid_codes = torch.lerp(top, bottom, down).reshape(GRID_SIDE * GRID_SIDE, -1)
+    save_image(make_grid(decode(model, grid_codes), nrow=GRID_SIDE, padding=GRID_PADDING, pad_value=1.0), path)
+
+
 def read_curves(path):
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
@@ -117,13 +195,14 @@ def main(argv=None):
     try:
         device = choose_device(args.device)
         model, _ = load_checkpoint(args.checkpoint, device)
-        test_images, _ = data.load_split(args.data_dir, train=False, dataset=args.dataset)
+        train_images, _ = data.load_split(args.data_dir, train=True, dataset=args.dataset)
+        test_images, test_labels = data.load_split(args.data_dir, train=False, dataset=args.dataset)
         os.makedirs(args.out_dir, exist_ok=True)
     except (UsageError, CheckpointError, data.DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     model.eval()
-    test_images = test_images.to(device)
+    train_images, test_images, test_labels = train_images.to(device), test_images.to(device), test_labels.to(device)
     written = []
 
     def out(name):
@@ -133,6 +212,12 @@ def main(argv=None):
     draw_reconstructions(model, test_images, out("reconstructions.png"))
     for number, (first, second) in enumerate(HOMOTOPY_PAIRS, start=1):
         draw_homotopy(model, test_images, first, second, out(f"homotopy_{number}.png"))
+    errors = per_image_mse(model, test_images)
+    draw_latent_pca(latent_codes(model, test_images), test_labels, out("latent_pca.png"))
+    draw_per_digit_error(errors, test_labels, out("per_digit_error.png"))
+    draw_worst(model, test_images, errors, out("worst.png"))
+    draw_samples(model, latent_codes(model, train_images), out("samples.png"))
+    draw_interpolation_grid(model, test_images, out("interpolation_grid.png"))
 
     history_paths = args.history or [os.path.join(os.path.dirname(args.checkpoint), "history.csv")]
     try:
