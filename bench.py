@@ -93,13 +93,14 @@ def synchronize(device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data-dir", default="./data")
-    parser.add_argument("--stages", type=int, nargs="+", choices=[1, 2], default=[1, 2])
-    parser.add_argument("--epochs", type=train.positive(int), default=1, help="whole epochs per measurement")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw/ (default: %(default)s)")
+    parser.add_argument("--stages", type=int, nargs="+", choices=[1, 2], default=[1, 2],
+                        help="stages to time (default: 1 2)")
+    parser.add_argument("--epochs", type=train.positive(int), default=1, help="whole epochs per measurement (default: %(default)s)")
     parser.add_argument("--subset", type=train.positive(int), default=None, help="first N images only")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                        help="auto: cuda, then mps, then cpu (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile this project's model")
     args = parser.parse_args(argv)
     device = train.choose_device(args.device)

@@ -4,7 +4,6 @@ import gzip
 import math
 import os
 
-import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, ToTensor

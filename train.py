@@ -64,36 +64,39 @@ def positive(kind):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", type=int, choices=[1, 2], default=1,
-                        help="1: train on plain digits; 2: fine-tune with augmentation (needs --resume)")
-    parser.add_argument("--epochs", type=positive(int), default=80, help="epochs of this stage")
+                        help="1: train on plain digits; 2: fine-tune with augmentation, needs --resume "
+                             "(default: %(default)s)")
+    parser.add_argument("--epochs", type=positive(int), default=80, help="epochs of this stage (default: %(default)s)")
     parser.add_argument("--lr", type=positive(float), default=None,
                         help=f"Adam learning rate (default: {STAGE_LR[1]:g} for stage 1, {STAGE_LR[2]:g} for stage 2)")
-    parser.add_argument("--batch-size", type=positive(int), default=64)
+    parser.add_argument("--batch-size", type=positive(int), default=64, help="(default: %(default)s)")
     parser.add_argument("--plateau-factor", type=positive(float), default=0.5,
-                        help="ReduceLROnPlateau: multiply the lr by this when the test loss stalls")
+                        help="ReduceLROnPlateau: multiply the lr by this when the test loss stalls "
+                             "(default: %(default)s)")
     parser.add_argument("--plateau-patience", type=int, default=1,
-                        help="ReduceLROnPlateau: epochs without improvement before the lr drops")
+                        help="ReduceLROnPlateau: epochs without improvement before the lr drops "
+                             "(default: %(default)s)")
     parser.add_argument("--ema-decay", type=float, default=0.999,
-                        help="decay of the moving average of the weights that is evaluated and saved (0: off)")
+                        help="decay of the moving average of the weights that is evaluated and saved; "
+                             "0 turns it off (default: %(default)s)")
     parser.add_argument("--resume", metavar="PATH", default=None,
                         help="checkpoint to continue (same stage) or to start stage 2 from")
-    parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw/ (downloaded if missing)")
-    parser.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist")
-    parser.add_argument("--out-dir", default=".", help="where checkpoints and history.csv go")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data-dir", default="./data",
+                        help="folder holding MNIST/raw/, downloaded there if missing (default: %(default)s)")
+    parser.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist", help="(default: %(default)s)")
+    parser.add_argument("--out-dir", default=".", help="where checkpoints and history.csv go (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the weights, shuffling and augmentation "
+                                                            "(default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                        help="auto: cuda, then mps, then cpu")
+                        help="auto: cuda, then mps, then cpu (default: %(default)s)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --resume on the test set and exit")
     parser.add_argument("--subset", type=positive(int), default=None,
                         help="use only the first N training and test images (quick runs, tests)")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                        help="training arithmetic; auto: bf16 where the device computes it natively. "
-                             "Evaluation is always fp32")
+                        help="training arithmetic; auto: bf16 where the device computes it natively, "
+                             "else fp32. Evaluation is always fp32 (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = parser.parse_args(argv)
     if args.lr is None:

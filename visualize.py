@@ -46,15 +46,15 @@ GRID_SIDE = 10
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", default="best.pt")
-    parser.add_argument("--data-dir", default="./data")
-    parser.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist")
-    parser.add_argument("--out-dir", default="images")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="best.pt", help="model to draw (default: %(default)s)")
+    parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw/ (default: %(default)s)")
+    parser.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist", help="test images to draw (default: %(default)s)")
+    parser.add_argument("--out-dir", default="images", help="where the PNGs go (default: %(default)s)")
     parser.add_argument("--history", nargs="+", metavar="CSV", default=None,
                         help="history files to plot (default: history.csv beside the checkpoint)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu",
+                        help="where to run the model (default: %(default)s)")
     return parser.parse_args(argv)
 
 
