@@ -10,6 +10,7 @@ drawn from torchvision's distributions, but applied to a whole batch at once thr
 `grid_sample` instead of image by image.
 """
 
+import functools
 import gzip
 import math
 import os
@@ -114,13 +115,20 @@ def sample_perspective_endpoints(batch_size, generator, device, size=IMAGE_SIZE)
     """
     bound = int(DISTORTION_SCALE * (size // 2)) + 1
     offsets = torch.randint(0, bound, (batch_size, 4, 2), generator=generator, device=device)
-    inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], device=device)
-    return perspective_startpoints(device) + inward * offsets
+    return perspective_startpoints(device, size) + inward_directions(device) * offsets
 
 
+# Cached per device: building a tensor from a Python list on a GPU waits for the GPU.
+@functools.cache
 def perspective_startpoints(device, size=IMAGE_SIZE):
+    """The image corners, top-left, top-right, bottom-right, bottom-left, as (x, y)."""
     last = size - 1
     return torch.tensor([[0, 0], [last, 0], [last, last], [0, last]], device=device)
+
+
+@functools.cache
+def inward_directions(device):
+    return torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], device=device)
 
 
 def perspective_coefficients(startpoints, endpoints):

@@ -44,6 +44,12 @@ GPU_SYNC_EVERY = 50
 EXIT_USAGE, EXIT_NON_FINITE, EXIT_INTERRUPTED = 2, 3, 130
 
 
+# What a checkpoint of this project holds beyond the reference's five keys, so that
+# --resume continues a run exactly.
+RESUME_KEYS = ["train_model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
+               "generator_state", "best_loss", "epoch"]
+
+
 class UsageError(Exception):
     """A mistake in the command line or its files; the message says what to do."""
 
@@ -181,6 +187,18 @@ def read_history(path):
         return []
     with open(path, newline="") as file:
         return [dict(row) for row in csv.DictReader(file)]
+
+
+def earlier_history(resume, stage, start_epoch):
+    """The rows of the run in --resume's folder that come before this run's first epoch.
+
+    They carry stage 1 into stage 2's history, and drop any row written after the
+    last checkpoint of an interrupted run.
+    """
+    if not resume:
+        return []
+    rows = read_history(os.path.join(os.path.dirname(resume), "history.csv"))
+    return [row for row in rows if (int(row["stage"]), int(row["epoch"])) < (stage, start_epoch)]
 
 
 def write_history(path, rows):
@@ -350,7 +368,8 @@ def keep_starting_checkpoint(args, checkpoint):
 
 
 def run_training(args, device, model, checkpoint, train_images, test_images):
-    continuing = checkpoint is not None and checkpoint.get("stage") == args.stage
+    continuing = (checkpoint is not None and checkpoint.get("stage") == args.stage
+                  and all(key in checkpoint for key in RESUME_KEYS))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=args.plateau_factor, patience=args.plateau_patience
@@ -360,7 +379,6 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
     if args.compile:
         model.compile()
     start_epoch, best_loss = 1, math.inf
-    history_source = os.path.join(os.path.dirname(args.resume or ""), "history.csv")
     if continuing:
         model.load_state_dict(checkpoint["train_model_state_dict"])
         optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
@@ -371,10 +389,7 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
     elif checkpoint is not None:
         print(f"stage {args.stage}: starting from the weights of {args.resume}, fresh optimizer, lr {args.lr:g}")
         keep_starting_checkpoint(args, checkpoint)
-    history = [
-        row for row in read_history(history_source) if args.resume
-        and (int(row["stage"]), int(row["epoch"])) < (args.stage, start_epoch)
-    ]
+    history = earlier_history(args.resume, args.stage, start_epoch)
     history_path = os.path.join(args.out_dir, "history.csv")
     evaluated = ema_model if ema_model is not None else model
 
