@@ -11,7 +11,6 @@ numbers are training images per second of wall time.
 """
 
 import argparse
-import copy
 import time
 
 import torch
@@ -24,6 +23,13 @@ import train
 from model import AutoEncoder
 
 PLAIN_BATCH_SIZE = 64
+# Each row of --levers changes one thing in this project's pipeline.
+LEVERS = {
+    "without bf16 autocast (fp32)": {"bf16": False},
+    "without channels_last": {"channels_last": False},
+    "without the weight average (EMA)": {"ema": False},
+    "with torch.compile": {"compile": True},
+}
 
 
 def plain_loader(data_dir, train_split, subset, augment):
@@ -67,22 +73,24 @@ def time_plain(args, stage, device):
     return args.epochs * len(train_loader.dataset) / (time.perf_counter() - started)
 
 
-def time_project(args, stage, device):
+def time_project(args, stage, device, images, channels_last=True, bf16=True, ema=True, compile=False):
+    """Whole epochs of train.py's own pipeline; each lever can be switched off to see what it buys."""
     defaults = train.parse_args([])
-    train_images = data.load_split(args.data_dir, train=True)[0][: args.subset].to(device)
-    test_images = data.load_split(args.data_dir, train=False)[0][: args.subset].to(device)
-    model = train.prepare_model(AutoEncoder().to(device))
-    ema_model = copy.deepcopy(model)
+    train_images, test_images = images
+    model = AutoEncoder().to(device)
+    if channels_last:
+        model = train.prepare_model(model)
+    average = train.WeightAverage(model, defaults.ema_decay) if ema else None
     optimizer = torch.optim.Adam(model.parameters(), lr=train.STAGE_LR[stage])
     generator = torch.Generator(device=device).manual_seed(0)
-    bf16 = train.use_bf16(defaults.precision, device)
-    if args.compile:
+    if compile:
         model.compile()
     started = time.perf_counter()
     for _ in range(args.epochs):
         train.train_epoch(model, optimizer, train_images, defaults.batch_size, generator, augment=stage == 2,
-                          bf16=bf16, ema_model=ema_model, ema_decay=defaults.ema_decay)
-        train.evaluate(ema_model, test_images)
+                          bf16=bf16 and train.use_bf16(defaults.precision, device),
+                          average=average)
+        train.evaluate(average.model if average else model, test_images)
     synchronize(device)
     return args.epochs * len(train_images) / (time.perf_counter() - started)
 
@@ -102,15 +110,22 @@ def main(argv=None):
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                         help="auto: cuda, then mps, then cpu (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile this project's model")
+    parser.add_argument("--levers", action="store_true",
+                        help="also time the project's pipeline with one speed lever changed at a time")
     args = parser.parse_args(argv)
     device = train.choose_device(args.device)
     torch.manual_seed(0)
     print(f"device: {device}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    images = [data.load_split(args.data_dir, train=split)[0][: args.subset].to(device) for split in (True, False)]
     for stage in args.stages:
         plain = time_plain(args, stage, device)
-        ours = time_project(args, stage, device)
+        ours = time_project(args, stage, device, images, compile=args.compile)
         print(f"stage {stage}: plain loop {plain:7.0f} img/s   this project {ours:7.0f} img/s   "
               f"ratio {ours / plain:.2f}x", flush=True)
+        if args.levers:
+            for name, switches in LEVERS.items():
+                rate = time_project(args, stage, device, images, **switches)
+                print(f"stage {stage}:   {name:<34} {rate:7.0f} img/s   ratio {rate / plain:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

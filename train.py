@@ -211,23 +211,32 @@ def write_history(path, rows):
     atomic_write(path, write)
 
 
-def update_ema(ema_model, model, decay, step):
-    """ema = d * ema + (1 - d) * model, for weights and BatchNorm statistics.
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics.
 
-    d grows from 0.1 towards `decay` over the first steps, so that the average does not
-    drag the random initial weights along for thousands of steps.
+    `self.model` is the averaged copy that is evaluated and saved. Its decay grows from
+    0.1 towards `decay` over the first steps, so that the average does not drag the
+    random initial weights along for thousands of steps.
     """
-    decay = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for ema_value, value in zip(ema_model.state_dict().values(), model.state_dict().values()):
-            if ema_value.is_floating_point():
-                ema_value.lerp_(value, 1 - decay)
-            else:
-                ema_value.copy_(value)
+
+    def __init__(self, model, decay):
+        self.model, self.decay = copy.deepcopy(model), decay
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self.averaged = [(mine, theirs) for mine, theirs in pairs if mine.is_floating_point()]
+        self.copied = [(mine, theirs) for mine, theirs in pairs if not mine.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, step):
+        decay = min(self.decay, (1 + step) / (10 + step))
+        mine, theirs = zip(*self.averaged)
+        # One fused call for all tensors, as torch.optim's own EMA helper does.
+        torch._foreach_lerp_(mine, theirs, 1 - decay)
+        for mine, theirs in self.copied:
+            mine.copy_(theirs)
 
 
 def train_epoch(model, optimizer, images, batch_size, generator, augment=False, bf16=False,
-                ema_model=None, ema_decay=0.0, first_step=0, description="train"):
+                average=None, first_step=0, description="train"):
     """One pass over `images` in a shuffled order; returns the mean training loss."""
     model.train()
     sync_every = 1 if images.device.type == "cpu" else GPU_SYNC_EVERY
@@ -245,8 +254,8 @@ def train_epoch(model, optimizer, images, batch_size, generator, augment=False, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if ema_model is not None:
-            update_ema(ema_model, model, ema_decay, first_step + index)
+        if average is not None:
+            average.update(first_step + index)
         batch_losses[index] = loss.detach()
         if (index + 1) % sync_every == 0 or index + 1 == num_batches:
             recent = batch_losses[checked : index + 1]
@@ -375,7 +384,7 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
         optimizer, mode="min", factor=args.plateau_factor, patience=args.plateau_patience
     )
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    ema_model = copy.deepcopy(model) if args.ema_decay > 0 else None
+    average = WeightAverage(model, args.ema_decay) if args.ema_decay > 0 else None
     if args.compile:
         model.compile()
     start_epoch, best_loss = 1, math.inf
@@ -391,7 +400,7 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
         keep_starting_checkpoint(args, checkpoint)
     history = earlier_history(args.resume, args.stage, start_epoch)
     history_path = os.path.join(args.out_dir, "history.csv")
-    evaluated = ema_model if ema_model is not None else model
+    evaluated = average.model if average is not None else model
 
     bf16 = use_bf16(args.precision, device)
     batches_per_epoch = math.ceil(len(train_images) / args.batch_size)
@@ -403,7 +412,7 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
             started = time.perf_counter()
             train_loss = train_epoch(
                 model, optimizer, train_images, args.batch_size, generator,
-                augment=args.stage == 2, bf16=bf16, ema_model=ema_model, ema_decay=args.ema_decay,
+                augment=args.stage == 2, bf16=bf16, average=average,
                 first_step=(epoch - 1) * batches_per_epoch,
                 description=f"stage {args.stage} epoch {epoch}/{args.epochs}",
             )
