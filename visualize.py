@@ -18,6 +18,7 @@ The curves come from the history.csv beside the checkpoint, or from the files na
 
 import argparse
 import csv
+import functools
 import os
 import sys
 
@@ -203,12 +204,7 @@ def main(argv=None):
         return 2
     model.eval()
     train_images, test_images, test_labels = train_images.to(device), test_images.to(device), test_labels.to(device)
-    written = []
-
-    def out(name):
-        written.append(os.path.join(args.out_dir, name))
-        return written[-1]
-
+    out = functools.partial(os.path.join, args.out_dir)
     draw_reconstructions(model, test_images, out("reconstructions.png"))
     for number, (first, second) in enumerate(HOMOTOPY_PAIRS, start=1):
         draw_homotopy(model, test_images, first, second, out(f"homotopy_{number}.png"))
@@ -221,12 +217,11 @@ def main(argv=None):
 
     history_paths = args.history or [os.path.join(os.path.dirname(args.checkpoint), "history.csv")]
     try:
-        draw_curves(history_paths, os.path.join(args.out_dir, "curves.png"))
-        written.append(os.path.join(args.out_dir, "curves.png"))
+        draw_curves(history_paths, out("curves.png"))
     except (OSError, ValueError, KeyError) as error:
         print(f"skipped curves.png: cannot read the history {', '.join(history_paths)} ({error})",
               file=sys.stderr)
-    print("wrote " + ", ".join(written))
+    print(f"wrote {', '.join(sorted(os.listdir(args.out_dir)))} into {args.out_dir}")
     return 0
 
 
