@@ -84,6 +84,9 @@ def parse_args(argv=None):
     parser.add_argument("--plateau-patience", type=int, default=1,
                         help="ReduceLROnPlateau: epochs without improvement before the lr drops "
                              "(default: %(default)s)")
+    parser.add_argument("--plateau-threshold", type=float, default=1e-4,
+                        help="ReduceLROnPlateau: relative gain below which an epoch counts as no improvement "
+                             "(default: %(default)s)")
     parser.add_argument("--ema-decay", type=float, default=0.999,
                         help="decay of the moving average of the weights that is evaluated and saved; "
                              "0 turns it off (default: %(default)s)")
@@ -381,7 +384,8 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
                   and all(key in checkpoint for key in RESUME_KEYS))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=args.plateau_factor, patience=args.plateau_patience
+        optimizer, mode="min", factor=args.plateau_factor, patience=args.plateau_patience,
+        threshold=args.plateau_threshold,
     )
     generator = torch.Generator(device=device).manual_seed(args.seed)
     average = WeightAverage(model, args.ema_decay) if args.ema_decay > 0 else None
