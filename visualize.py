@@ -44,6 +44,7 @@ SAMPLE_SEED = 0
 # Test-set indices of the four corner digits of the interpolation grid: 7, 2, 1, 0.
 GRID_CORNERS = (0, 1, 2, 3)
 GRID_SIDE = 10
+LABEL_NAMES = {"mnist": "digit", "fashion-mnist": "class"}
 
 
 def parse_args(argv=None):
@@ -93,7 +94,7 @@ def draw_homotopy(model, test_images, first, second, path):
     save_rows([morph, originals], path)
 
 
-def draw_latent_pca(test_codes, test_labels, path):
+def draw_latent_pca(test_codes, test_labels, path, label_name="digit"):
     """The test codes on their first two principal components, one colour per digit."""
     codes = test_codes.float().cpu()
     _, _, components = torch.pca_lowrank(codes, q=2, center=True)
@@ -108,21 +109,21 @@ def draw_latent_pca(test_codes, test_labels, path):
     axis.set_title(f"{len(codes):,} test codes, first two principal components")
     axis.set_xlabel("PC 1")
     axis.set_ylabel("PC 2")
-    axis.legend(title="digit", markerscale=4, loc="best")
+    axis.legend(title=label_name, markerscale=4, loc="best")
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
-def draw_per_digit_error(errors, test_labels, path):
+def draw_per_digit_error(errors, test_labels, path, label_name="digit"):
     labels = test_labels.cpu()
     means = [errors[labels == digit].mean().item() for digit in range(NUM_CLASSES)]
     figure, axis = plt.subplots(figsize=(7, 4), constrained_layout=True)
     axis.bar(range(NUM_CLASSES), means, color="tab:blue")
-    axis.axhline(errors.mean().item(), color="grey", linestyle="--", label="all digits")
+    axis.axhline(errors.mean().item(), color="grey", linestyle="--", label="all test images")
     axis.set_xticks(range(NUM_CLASSES))
-    axis.set_xlabel("digit")
+    axis.set_xlabel(label_name)
     axis.set_ylabel("test MSE")
-    axis.set_title("Reconstruction error per digit")
+    axis.set_title(f"Reconstruction error per {label_name}")
     axis.legend()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -209,8 +210,9 @@ def main(argv=None):
     for number, (first, second) in enumerate(HOMOTOPY_PAIRS, start=1):
         draw_homotopy(model, test_images, first, second, out(f"homotopy_{number}.png"))
     errors = per_image_mse(model, test_images)
-    draw_latent_pca(latent_codes(model, test_images), test_labels, out("latent_pca.png"))
-    draw_per_digit_error(errors, test_labels, out("per_digit_error.png"))
+    label_name = LABEL_NAMES[args.dataset]
+    draw_latent_pca(latent_codes(model, test_images), test_labels, out("latent_pca.png"), label_name)
+    draw_per_digit_error(errors, test_labels, out("per_digit_error.png"), label_name)
     draw_worst(model, test_images, errors, out("worst.png"))
     draw_samples(model, latent_codes(model, train_images), out("samples.png"))
     draw_interpolation_grid(model, test_images, out("interpolation_grid.png"))
