@@ -69,17 +69,16 @@ def load_split(data_dir, train, dataset="mnist"):
         if not all(os.path.exists(os.path.join(folder, n)) for n in raw_file_names(dataset)):
             raise DataError(
                 f"{dataset} is not in {folder}/ and could not be downloaded "
-                f"({str(error).strip().splitlines()[0]}). "
+                f"({first_line(error)}). "
                 f"Put the four files {', '.join(raw_file_names(dataset))} (or their .gz) "
                 f"there, or pass --data-dir pointing at the folder that holds "
                 f"{DATASETS[dataset].__name__}/raw/."
             ) from None
-        raise DataError(f"{dataset} files in {folder}/ are corrupt ({error}); delete them to download again") from None
+        raise DataError(f"{dataset} files in {folder}/ are corrupt ({first_line(error)}); "
+                        f"delete them to download again") from None
     except (AssertionError, ValueError) as error:
-        raise DataError(
-            f"{dataset} files in {folder}/ are corrupt (bad magic number or size: {error or 'failed check'}); "
-            f"delete them to download again"
-        ) from None
+        raise DataError(f"{dataset} files in {folder}/ are corrupt (bad magic number or size: "
+                        f"{first_line(error)}); delete them to download again") from None
     images, labels = split.data, split.targets
     if images.dim() != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(labels) != len(images):
         raise DataError(
@@ -87,6 +86,11 @@ def load_split(data_dir, train, dataset="mnist"):
             f"labels {tuple(labels.shape)}; delete them to download again"
         )
     return images, labels.long()
+
+
+def first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def to_float(images_uint8):
