@@ -177,7 +177,7 @@ def draw_curves(history_paths, path):
         epochs = range(1, len(curves["lr"]) + 1)
         label = os.path.relpath(history_path)
         for axis, key in zip(axes, ("lr", "train_loss", "test_loss")):
-            axis.plot(epochs, curves[key], label=label)
+            axis.plot(epochs, curves[key], label=label, marker=".", markersize=3)
         if 2 in curves["stage"]:
             stage_two_start = curves["stage"].index(2) + 0.5
             for axis in axes:
