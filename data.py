@@ -138,11 +138,12 @@ def inward_directions(device):
 def perspective_coefficients(startpoints, endpoints):
     """The 8 homography coefficients [B, 8] that map each output pixel back to the input.
 
-    The same linear system as torchvision's _get_perspective_coeffs, solved in float64
-    for the whole batch at once.
+    The same linear system as torchvision's _get_perspective_coeffs, solved for the whole
+    batch at once, in float64 as torchvision does (float32 on Apple's MPS, which has no float64).
     """
-    end = endpoints.double()
-    start = startpoints.double().expand_as(end)
+    precision = torch.float32 if endpoints.device.type == "mps" else torch.float64
+    end = endpoints.to(precision)
+    start = startpoints.to(precision).expand_as(end)
     x, y = end[..., 0], end[..., 1]
     u, v = start[..., 0], start[..., 1]
     ones, zeros = torch.ones_like(x), torch.zeros_like(x)

@@ -278,7 +278,7 @@ def per_image_mse(model, images, batch_size=EVAL_BATCH_SIZE):
         for batch in data.ordered_batches(images, batch_size):
             reconstruction, _ = model(batch)
             errors.append((reconstruction - batch).pow(2).mean(dim=(1, 2, 3)))
-    return torch.cat(errors).double().cpu()
+    return torch.cat(errors).cpu().double()
 
 
 def evaluate(model, images):

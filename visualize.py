@@ -139,7 +139,7 @@ def draw_worst(model, test_images, errors, path):
 
 def draw_samples(model, train_codes, path):
     """Decode codes drawn from N(mean, covariance) of the training codes."""
-    codes = train_codes.double().cpu()
+    codes = train_codes.cpu().double()
     mean, covariance = codes.mean(dim=0), torch.cov(codes.T)
     # A touch of jitter keeps the covariance positive definite for the Cholesky factor.
     covariance += 1e-6 * covariance.diagonal().mean() * torch.eye(len(mean), dtype=codes.dtype)
