@@ -84,7 +84,7 @@ def parse_args(argv=None):
     parser.add_argument("--plateau-patience", type=int, default=1,
                         help="ReduceLROnPlateau: epochs without improvement before the lr drops "
                              "(default: %(default)s)")
-    parser.add_argument("--plateau-threshold", type=float, default=1e-4,
+    parser.add_argument("--plateau-threshold", type=float, default=5e-3,
                         help="ReduceLROnPlateau: relative gain below which an epoch counts as no improvement "
                              "(default: %(default)s)")
     parser.add_argument("--ema-decay", type=float, default=0.999,
