@@ -84,7 +84,7 @@ def parse_args(argv=None):
     parser.add_argument("--plateau-patience", type=int, default=1,
                         help="ReduceLROnPlateau: epochs without improvement before the lr drops "
                              "(default: %(default)s)")
-    parser.add_argument("--plateau-threshold", type=float, default=5e-3,
+    parser.add_argument("--plateau-threshold", type=float, default=1e-4,
                         help="ReduceLROnPlateau: relative gain below which an epoch counts as no improvement "
                              "(default: %(default)s)")
     parser.add_argument("--ema-decay", type=float, default=0.999,
@@ -217,20 +217,21 @@ def write_history(path, rows):
 class WeightAverage:
     """An exponential moving average of a model's weights and BatchNorm statistics.
 
-    `self.model` is the averaged copy that is evaluated and saved. Its decay grows from
-    0.1 towards `decay` over the first steps, so that the average does not drag the
-    random initial weights along for thousands of steps.
+    `self.model` is the averaged copy that is evaluated and saved. With `warmup` (for
+    training from random weights) its decay grows from 0.1 towards `decay` over the
+    first steps, so that the average does not drag the random initial weights along for
+    thousands of steps; a model that starts from trained weights has nothing to forget.
     """
 
-    def __init__(self, model, decay):
-        self.model, self.decay = copy.deepcopy(model), decay
+    def __init__(self, model, decay, warmup=True):
+        self.model, self.decay, self.warmup = copy.deepcopy(model), decay, warmup
         pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
         self.averaged = [(mine, theirs) for mine, theirs in pairs if mine.is_floating_point()]
         self.copied = [(mine, theirs) for mine, theirs in pairs if not mine.is_floating_point()]
 
     @torch.no_grad()
     def update(self, step):
-        decay = min(self.decay, (1 + step) / (10 + step))
+        decay = min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
         mine, theirs = zip(*self.averaged)
         # One fused call for all tensors, as torch.optim's own EMA helper does.
         torch._foreach_lerp_(mine, theirs, 1 - decay)
@@ -388,7 +389,7 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
         threshold=args.plateau_threshold,
     )
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    average = WeightAverage(model, args.ema_decay) if args.ema_decay > 0 else None
+    average = WeightAverage(model, args.ema_decay, warmup=args.stage == 1) if args.ema_decay > 0 else None
     if args.compile:
         model.compile()
     start_epoch, best_loss = 1, math.inf
