@@ -185,3 +185,21 @@ def test_reference_checkpoint_loads_with_weights_only(tmp_path, numpy_module_nam
         assert torch.equal(x, y)
     assert train.main(["--eval-only", "--resume", path, "--data-dir", tiny_mnist, *CPU]) == 0
     assert last_line(capsys.readouterr().out).startswith("test_mse=")
+
+
+@pytest.mark.parametrize("warmup, expected_decay", [(True, 0.1), (False, 0.999)])
+def test_weight_average_update(warmup, expected_decay):
+    model = AutoEncoder()
+    average = train.WeightAverage(model, decay=0.999, warmup=warmup)
+    start = {name: value.clone() for name, value in average.model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+        model.encoder[0][1].num_batches_tracked += 5
+    average.update(step=0)
+    for name, value in average.model.state_dict().items():
+        if value.is_floating_point():
+            target = model.state_dict()[name]
+            expected = expected_decay * start[name] + (1 - expected_decay) * target
+            torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
+    assert average.model.encoder[0][1].num_batches_tracked == 5
