@@ -65,19 +65,15 @@ def decode(model, latent):
         return model.decoder(latent).clamp(0, 1)
 
 
-def encode(model, images):
-    with torch.inference_mode():
-        return model.encoder(images)
-
-
 def save_rows(rows, path):
     """Save equally long rows of [1, 28, 28] images as one picture, one row under another."""
     images = torch.cat(rows)
     save_image(make_grid(images, nrow=len(rows[0]), padding=GRID_PADDING, pad_value=1.0), path)
 
 
-def draw_reconstructions(model, test_images, path):
-    originals = data.to_float(test_images[:NUM_RECONSTRUCTIONS])
+def draw_reconstructions(model, images, path):
+    """Top row: `images` (uint8); bottom row: their reconstructions."""
+    originals = data.to_float(images)
     with torch.inference_mode():
         reconstructions = model(originals)[0].clamp(0, 1)
     save_rows([originals, reconstructions], path)
@@ -86,7 +82,7 @@ def draw_reconstructions(model, test_images, path):
 def draw_homotopy(model, test_images, first, second, path):
     """Top row: decoded codes from `first` to `second`; bottom: the originals under the ends."""
     ends = data.to_float(test_images[[first, second]])
-    start, end = encode(model, ends)
+    start, end = latent_codes(model, test_images[[first, second]])
     weights = torch.linspace(0, 1, HOMOTOPY_STEPS + 2, device=start.device)[:, None]
     morph = decode(model, torch.lerp(start, end, weights))
     originals = torch.zeros_like(morph)
@@ -129,14 +125,6 @@ def draw_per_digit_error(errors, test_labels, path, label_name="digit"):
     plt.close(figure)
 
 
-def draw_worst(model, test_images, errors, path):
-    worst = errors.topk(NUM_WORST).indices.to(test_images.device)
-    originals = data.to_float(test_images[worst])
-    with torch.inference_mode():
-        reconstructions = model(originals)[0].clamp(0, 1)
-    save_rows([originals, reconstructions], path)
-
-
 def draw_samples(model, train_codes, path):
     """Decode codes drawn from N(mean, covariance) of the training codes."""
     codes = train_codes.cpu().double()
@@ -151,7 +139,7 @@ def draw_samples(model, train_codes, path):
 
 def draw_interpolation_grid(model, test_images, path):
     """Bilinear interpolation between four codes at the corners of a square."""
-    corners = encode(model, data.to_float(test_images[list(GRID_CORNERS)]))
+    corners = latent_codes(model, test_images[list(GRID_CORNERS)])
     top_left, top_right, bottom_left, bottom_right = corners
     steps = torch.linspace(0, 1, GRID_SIDE, device=corners.device)
     down, across = steps[:, None, None], steps[None, :, None]
@@ -206,14 +194,15 @@ def main(argv=None):
     model.eval()
     train_images, test_images, test_labels = train_images.to(device), test_images.to(device), test_labels.to(device)
     out = functools.partial(os.path.join, args.out_dir)
-    draw_reconstructions(model, test_images, out("reconstructions.png"))
+    draw_reconstructions(model, test_images[:NUM_RECONSTRUCTIONS], out("reconstructions.png"))
     for number, (first, second) in enumerate(HOMOTOPY_PAIRS, start=1):
         draw_homotopy(model, test_images, first, second, out(f"homotopy_{number}.png"))
     errors = per_image_mse(model, test_images)
     label_name = LABEL_NAMES[args.dataset]
     draw_latent_pca(latent_codes(model, test_images), test_labels, out("latent_pca.png"), label_name)
     draw_per_digit_error(errors, test_labels, out("per_digit_error.png"), label_name)
-    draw_worst(model, test_images, errors, out("worst.png"))
+    worst = errors.topk(NUM_WORST).indices.to(device)
+    draw_reconstructions(model, test_images[worst], out("worst.png"))
     draw_samples(model, latent_codes(model, train_images), out("samples.png"))
     draw_interpolation_grid(model, test_images, out("interpolation_grid.png"))
 
