@@ -5,12 +5,15 @@
 The plain loop is what most MNIST examples do: torchvision's MNIST through a DataLoader
 (batch 64, shuffled, per-sample ToTensor; for stage 2 per-sample PIL RandomPerspective
 and RandomRotation), the default memory format, fp32, Adam, then the test set in
-batches of 64. This project's pipeline is train.py's own train_epoch and evaluate with
-its defaults. Both run whole epochs, evaluation included, on the same model; the
-numbers are training images per second of wall time.
+batches of 64, over the model exactly as model.py defines it (nn's layers, as the
+reference). This project's pipeline is train.py's own train_epoch and evaluate with
+its defaults. Both run whole epochs, evaluation included, on the same model, taking
+turns (--rounds epochs each, so that a slow spell of a shared machine hits both); the
+numbers are training images per second of wall time in each one's median epoch.
 """
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -20,13 +23,15 @@ from torchvision import datasets, transforms
 
 import data
 import train
-from model import AutoEncoder
+from model import AutoEncoder, with_matrix_product_layers
 
 PLAIN_BATCH_SIZE = 64
 # Each row of --levers changes one thing in this project's pipeline.
 LEVERS = {
     "without bf16 autocast (fp32)": {"bf16": False},
     "without channels_last": {"channels_last": False},
+    "without fused Adam": {"fused_adam": False},
+    "with nn's convolutions for the 1x1 layers": {"matrix_layers": False},
     "without the weight average (EMA)": {"ema": False},
     "with torch.compile": {"compile": True},
 }
@@ -61,38 +66,48 @@ def plain_epoch(model, optimizer, train_loader, test_loader, device):
     return total / (len(test_loader.dataset) * 28 * 28)
 
 
-def time_plain(args, stage, device):
+def plain_pipeline(args, stage, device, matrix_layers=False):
+    """A function that runs one epoch of the plain loop, from its own fresh model."""
     train_loader = plain_loader(args.data_dir, True, args.subset, augment=stage == 2)
     test_loader = plain_loader(args.data_dir, False, args.subset, augment=False)
     model = AutoEncoder().to(device)
+    if matrix_layers:
+        model = with_matrix_product_layers(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    started = time.perf_counter()
-    for _ in range(args.epochs):
-        plain_epoch(model, optimizer, train_loader, test_loader, device)
-    synchronize(device)
-    return args.epochs * len(train_loader.dataset) / (time.perf_counter() - started)
+    return lambda: plain_epoch(model, optimizer, train_loader, test_loader, device)
 
 
-def time_project(args, stage, device, images, channels_last=True, bf16=True, ema=True, compile=False):
-    """Whole epochs of train.py's own pipeline; each lever can be switched off to see what it buys."""
+def project_pipeline(args, stage, device, images, channels_last=True, bf16=True, ema=True,
+                     fused_adam=True, matrix_layers=True, compile=False):
+    """A function that runs one epoch of train.py's own pipeline; each lever can be switched off."""
     defaults = train.parse_args([])
     train_images, test_images = images
-    model = AutoEncoder().to(device)
-    if channels_last:
-        model = train.prepare_model(model)
+    model = train.prepare_model(AutoEncoder().to(device), channels_last, matrix_layers)
     average = train.WeightAverage(model, defaults.ema_decay) if ema else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.STAGE_LR[stage])
+    lr = train.STAGE_LR[stage]
+    optimizer = train.make_optimizer(model, lr) if fused_adam else torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator(device=device).manual_seed(0)
     if compile:
         model.compile()
-    started = time.perf_counter()
-    for _ in range(args.epochs):
+
+    def epoch():
         train.train_epoch(model, optimizer, train_images, defaults.batch_size, generator, augment=stage == 2,
-                          bf16=bf16 and train.use_bf16(defaults.precision, device),
-                          average=average)
+                          bf16=bf16 and train.use_bf16(defaults.precision, device), average=average)
         train.evaluate(average.model if average else model, test_images)
-    synchronize(device)
-    return args.epochs * len(train_images) / (time.perf_counter() - started)
+    return epoch
+
+
+def images_per_second(epochs, num_images, rounds, device):
+    """Run the epoch functions in turn, `rounds` times, so that a slow spell of the machine
+    hits them alike; return each one's median rate over its epochs."""
+    seconds = [[] for _ in epochs]
+    for _ in range(rounds):
+        for times, epoch in zip(seconds, epochs):
+            started = time.perf_counter()
+            epoch()
+            synchronize(device)
+            times.append(time.perf_counter() - started)
+    return [num_images / statistics.median(times) for times in seconds]
 
 
 def synchronize(device):
@@ -105,7 +120,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw/ (default: %(default)s)")
     parser.add_argument("--stages", type=int, nargs="+", choices=[1, 2], default=[1, 2],
                         help="stages to time (default: 1 2)")
-    parser.add_argument("--epochs", type=train.positive(int), default=1, help="whole epochs per measurement (default: %(default)s)")
+    parser.add_argument("--rounds", type=train.positive(int), default=3,
+                        help="epochs of each pipeline, taken in turn; the median counts (default: %(default)s)")
     parser.add_argument("--subset", type=train.positive(int), default=None, help="first N images only")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                         help="auto: cuda, then mps, then cpu (default: %(default)s)")
@@ -117,16 +133,22 @@ def main(argv=None):
     torch.manual_seed(0)
     print(f"device: {device}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
     images = [data.load_split(args.data_dir, train=split)[0][: args.subset].to(device) for split in (True, False)]
+    num_images = len(images[0])
     for stage in args.stages:
-        plain = time_plain(args, stage, device)
-        ours = time_project(args, stage, device, images, compile=args.compile)
+        plain, ours = images_per_second(
+            [plain_pipeline(args, stage, device), project_pipeline(args, stage, device, images, compile=args.compile)],
+            num_images, args.rounds, device)
         print(f"stage {stage}: plain loop {plain:7.0f} img/s   this project {ours:7.0f} img/s   "
               f"ratio {ours / plain:.2f}x", flush=True)
         if args.levers:
             for name, switches in LEVERS.items():
-                rate = time_project(args, stage, device, images, **switches)
-                print(f"stage {stage}:   {name:<34} {rate:7.0f} img/s   ratio {rate / plain:.2f}x", flush=True)
-
+                [rate] = images_per_second([project_pipeline(args, stage, device, images, **switches)],
+                                           num_images, args.rounds, device)
+                print(f"stage {stage}:   {name:<40} {rate:7.0f} img/s   ratio {rate / plain:.2f}x", flush=True)
+            [rate] = images_per_second([plain_pipeline(args, stage, device, matrix_layers=True)],
+                                       num_images, args.rounds, device)
+            print(f"stage {stage}: plain loop with the matrix-product layers {rate:7.0f} img/s   "
+                  f"this project's ratio to it {ours / rate:.2f}x", flush=True)
 
 if __name__ == "__main__":
     main()

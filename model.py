@@ -10,6 +10,7 @@ Run `python model.py` to print the layer table.
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 LATENT_DIM = 128
 
@@ -77,6 +78,50 @@ def init_weights(module):
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.xavier_uniform_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+class WholeInputConv2d(nn.Conv2d):
+    """A Conv2d whose kernel is as large as its input, so its output is 1x1.
+
+    Such a convolution is one matrix product (flattened image times flattened kernels).
+    Computing it as one gives the same numbers up to rounding, and on a CPU it is about
+    three times faster than the general convolution routines for this shape (forward
+    and backward, bf16, channels_last). The parameters are nn.Conv2d's.
+    """
+
+    def forward(self, x):
+        if x.shape[-2:] != self.kernel_size or self.padding != (0, 0):
+            return super().forward(x)
+        # Both flattened in (row, column, channel) order: free for channels_last input.
+        pixels = x.permute(0, 2, 3, 1).flatten(1)
+        kernels = self.weight.permute(0, 2, 3, 1).flatten(1)
+        return F.linear(pixels, kernels, self.bias)[:, :, None, None]
+
+
+class PointInputConvTranspose2d(nn.ConvTranspose2d):
+    """A ConvTranspose2d applied to a 1x1 input: each output is one kernel scaled per channel.
+
+    That is one matrix product, code times flattened kernels; as for WholeInputConv2d,
+    the same numbers up to rounding, about three times faster on a CPU, nn's parameters.
+    """
+
+    def forward(self, x):
+        if x.shape[-2:] != (1, 1) or self.padding != (0, 0):
+            return super().forward(x)
+        kernels = self.weight.permute(0, 2, 3, 1).flatten(1)  # in x (row, column, out channel)
+        pixels = (x.flatten(1) @ kernels).unflatten(1, (*self.kernel_size, self.out_channels))
+        return (pixels + self.bias).permute(0, 3, 1, 2)  # channels_last, like the conv would be
+
+
+def with_matrix_product_layers(model):
+    """`model` with its two 1x1 layers (the latent conv and the first transposed conv)
+    computed as matrix products. The parameters and state_dict keys stay as they are."""
+    for layers, index, fast_class in ((model.encoder, 3, WholeInputConv2d),
+                                      (model.decoder, 1, PointInputConvTranspose2d)):
+        layer = layers[index]
+        layers[index] = fast_class(layer.in_channels, layer.out_channels, layer.kernel_size)
+        layers[index].weight, layers[index].bias = layer.weight, layer.bias
+    return model
 
 
 def layer_table(model, input_size=(1, 1, 28, 28)):

@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import functional as TF
 
 import data
 from conftest import NUM_TEST, synthetic_digits, write_mnist
-from model import AutoEncoder, layer_table
+from model import AutoEncoder, layer_table, with_matrix_product_layers
 
 # From the reference README's torchsummary table: (layer, output shape, parameters).
 REFERENCE_TABLE = [
@@ -76,6 +76,27 @@ def test_forward_shapes_and_latent():
     assert latent.shape == (5, 128)
     assert isinstance(model.encoder, torch.nn.Sequential) and isinstance(model.decoder, torch.nn.Sequential)
     assert torch.equal(model.decoder(latent), reconstruction)
+
+
+def test_matrix_product_layers_compute_what_nn_layers_compute():
+    torch.manual_seed(0)
+    plain = AutoEncoder()
+    fast = with_matrix_product_layers(AutoEncoder())
+    fast.load_state_dict(plain.state_dict())
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    assert type(fast.encoder[3]) is not torch.nn.Conv2d, "the latent conv was not swapped"
+    assert sum(p.numel() for p in fast.parameters()) == 194_499
+    images = torch.rand(6, 1, 28, 28)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        plain, fast = plain.to(memory_format=memory_format), fast.to(memory_format=memory_format)
+        outputs = []
+        for model in (plain, fast):
+            model.zero_grad()
+            reconstruction, latent = model(images.contiguous(memory_format=memory_format))
+            (reconstruction.square().mean() + latent.square().mean()).backward()
+            outputs.append([reconstruction, latent, *(p.grad for p in model.parameters())])
+        for expected, actual in zip(*outputs):
+            torch.testing.assert_close(actual, expected, rtol=1e-3, atol=1e-5)
 
 
 def test_conv_weights_are_xavier_uniform_and_biases_zero():

@@ -3,6 +3,7 @@
 import csv
 import io
 import os
+import re
 import shutil
 import zipfile
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import bench
 import data
 import train
 import visualize
@@ -203,3 +205,13 @@ def test_weight_average_update(warmup, expected_decay):
             expected = expected_decay * start[name] + (1 - expected_decay) * target
             torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
     assert average.model.encoder[0][1].num_batches_tracked == 5
+
+
+def test_bench_prints_both_rates_and_their_ratio(tiny_mnist, capsys):
+    bench.main(["--data-dir", tiny_mnist, "--rounds", "1", "--device", "cpu"])
+    rows = re.findall(r"stage (\d): plain loop +(\d+) img/s +this project +(\d+) img/s +ratio ([\d.]+)x",
+                      capsys.readouterr().out)
+    assert [row[0] for row in rows] == ["1", "2"]
+    for _, plain, ours, ratio in rows:
+        assert int(plain) > 0 and int(ours) > 0
+        assert float(ratio) == pytest.approx(int(ours) / int(plain), abs=0.02)
