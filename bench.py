@@ -150,5 +150,6 @@ def main(argv=None):
             print(f"stage {stage}: plain loop with the matrix-product layers {rate:7.0f} img/s   "
                   f"this project's ratio to it {ours / rate:.2f}x", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -32,7 +32,7 @@ from tqdm import tqdm
 import data
 from model import AutoEncoder, CheckpointError, load_checkpoint, with_matrix_product_layers
 
-STAGE_LR = {1: 1e-2, 2: 1e-3}
+STAGE_LR = {1: 5e-3, 2: 1e-3}
 EVAL_BATCH_SIZE = 200  # measured fastest on a CPU: 1,000 images of activations overflow its caches
 WARP_SEED = 2024  # the fixed draw of augmentation parameters behind warped_test_mse
 KNN_NEIGHBOURS = 5
