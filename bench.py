@@ -84,8 +84,7 @@ def project_pipeline(args, stage, device, images, channels_last=True, bf16=True,
     train_images, test_images = images
     model = train.prepare_model(AutoEncoder().to(device), channels_last, matrix_layers)
     average = train.WeightAverage(model, defaults.ema_decay) if ema else None
-    lr = train.STAGE_LR[stage]
-    optimizer = train.make_optimizer(model, lr) if fused_adam else torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = train.make_optimizer(model, train.STAGE_LR[stage], fused=fused_adam)
     generator = torch.Generator(device=device).manual_seed(0)
     if compile:
         model.compile()
