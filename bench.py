@@ -7,7 +7,7 @@ The plain loop is what most MNIST examples do: torchvision's MNIST through a Dat
 and RandomRotation), the default memory format, fp32, Adam, then the test set in
 batches of 64, over the model exactly as model.py defines it (nn's layers, as the
 reference). This project's pipeline is train.py's own train_epoch and evaluate with
-its defaults. Both run whole epochs, evaluation included, on the same model, taking
+its defaults (--batch-size times it at another batch size). Both run whole epochs, evaluation included, on the same model, taking
 turns (--rounds epochs each, so that a slow spell of a shared machine hits both); the
 numbers are training images per second of wall time in each one's median epoch.
 """
@@ -90,7 +90,7 @@ def project_pipeline(args, stage, device, images, channels_last=True, bf16=True,
         model.compile()
 
     def epoch():
-        train.train_epoch(model, optimizer, train_images, defaults.batch_size, generator, augment=stage == 2,
+        train.train_epoch(model, optimizer, train_images, args.batch_size, generator, augment=stage == 2,
                           bf16=bf16 and train.use_bf16(defaults.precision, device), average=average)
         train.evaluate(average.model if average else model, test_images)
     return epoch
@@ -122,6 +122,9 @@ def main(argv=None):
     parser.add_argument("--rounds", type=train.positive(int), default=3,
                         help="epochs of each pipeline, taken in turn; the median counts (default: %(default)s)")
     parser.add_argument("--subset", type=train.positive(int), default=None, help="first N images only")
+    parser.add_argument("--batch-size", type=train.positive(int), default=train.parse_args([]).batch_size,
+                        help=f"this project's batch size; the plain loop's stays {PLAIN_BATCH_SIZE} "
+                             "(default: train.py's, %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                         help="auto: cuda, then mps, then cpu (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="torch.compile this project's model")

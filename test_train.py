@@ -214,4 +214,20 @@ def test_bench_prints_both_rates_and_their_ratio(tiny_mnist, capsys):
     assert [row[0] for row in rows] == ["1", "2"]
     for _, plain, ours, ratio in rows:
         assert int(plain) > 0 and int(ours) > 0
-        assert float(ratio) == pytest.approx(int(ours) / int(plain), abs=0.02)
+        # The rates are printed rounded to whole images, the ratio to two decimals.
+        expected = int(ours) / int(plain)
+        assert abs(float(ratio) - expected) <= 0.005 + expected * (0.5 / int(plain) + 0.5 / int(ours))
+
+
+def test_bench_times_this_project_at_the_batch_size_asked(tiny_mnist, monkeypatch, capsys):
+    batch_sizes = []
+    real_train_epoch = train.train_epoch
+
+    def recording_train_epoch(model, optimizer, images, batch_size, *args, **kwargs):
+        batch_sizes.append(batch_size)
+        return real_train_epoch(model, optimizer, images, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", recording_train_epoch)
+    bench.main(["--data-dir", tiny_mnist, "--rounds", "1", "--device", "cpu", "--stages", "1", "--batch-size", "16"])
+    assert batch_sizes == [16]
+    assert "stage 1: plain loop" in capsys.readouterr().out
