@@ -7,9 +7,10 @@ The plain loop is what most MNIST examples do: torchvision's MNIST through a Dat
 and RandomRotation), the default memory format, fp32, Adam, then the test set in
 batches of 64, over the model exactly as model.py defines it (nn's layers, as the
 reference). This project's pipeline is train.py's own train_epoch and evaluate with
-its defaults (--batch-size times it at another batch size). Both run whole epochs, evaluation included, on the same model, taking
-turns (--rounds epochs each, so that a slow spell of a shared machine hits both); the
-numbers are training images per second of wall time in each one's median epoch.
+its defaults (--batch-size times it at another batch size). Both run whole epochs,
+evaluation included, on the same model, taking turns (--rounds epochs each, so that a
+slow spell of a shared machine hits both); the numbers are training images per second
+of wall time in each one's median epoch.
 """
 
 import argparse

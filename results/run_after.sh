@@ -6,9 +6,7 @@ cd "$(dirname "$0")/.."
 data=../shared/data
 mkdir -p results/fp32_check results/fashion-mnist
 
-# The logs without tqdm's progress bars: what follows a line's last carriage return.
-clean_log() { sed 's/.*\r//' "$1" | grep -v '^ *$' > "$2"; }
-clean_log results/mnist/run.log results/mnist/log.txt
+results/clean_log.sh results/mnist/run.log results/mnist/log.txt
 
 python train.py --eval-only --resume results/mnist/stage1_best.pt --data-dir $data > results/mnist/metrics_stage1.txt
 python train.py --eval-only --resume results/mnist/best.pt --data-dir $data > results/mnist/metrics_stage2.txt
@@ -32,4 +30,4 @@ python train.py --dataset fashion-mnist --stage 2 --epochs 10 --resume $out/best
 python train.py --dataset fashion-mnist --eval-only --resume $out/stage1_best.pt --data-dir data-fashion > $out/metrics_stage1.txt
 python train.py --dataset fashion-mnist --eval-only --resume $out/best.pt --data-dir data-fashion > $out/metrics_stage2.txt
 python visualize.py --dataset fashion-mnist --checkpoint $out/best.pt --data-dir data-fashion --out-dir $out/images
-clean_log $out/run.log $out/log.txt
+results/clean_log.sh $out/run.log $out/log.txt

@@ -6,9 +6,8 @@ cd "$(dirname "$0")/.."
 data=../shared/data
 out=results/mnist_batch32
 mkdir -p $out
-clean_log() { sed 's/.*\r//' "$1" | grep -v '^ *$' > "$2"; }
 python train.py --stage 1 --epochs 80 --batch-size 32 --data-dir $data --out-dir $out > $out/run.log 2>&1
 python train.py --stage 2 --batch-size 32 --resume $out/best.pt --data-dir $data --out-dir $out >> $out/run.log 2>&1
 python train.py --eval-only --resume $out/stage1_best.pt --data-dir $data > $out/metrics_stage1.txt
 python train.py --eval-only --resume $out/best.pt --data-dir $data > $out/metrics_stage2.txt
-clean_log $out/run.log $out/log.txt
+results/clean_log.sh $out/run.log $out/log.txt

@@ -8,7 +8,6 @@ of the published run. Prints CSV.
 """
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -39,13 +38,12 @@ def main():
     generator = torch.Generator()
     generator.set_state(checkpoint["generator_state"])
     (train_images, _), (test_images, _) = [data.load_split(args.data_dir, train=split) for split in (True, False)]
-    steps_per_epoch = math.ceil(len(train_images) / saved["batch_size"])
     print("epoch,lr,test_loss_ema,test_loss_raw,seconds")
     for epoch in range(checkpoint["epoch"] + 1, checkpoint["epoch"] + args.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train.train_epoch(model, optimizer, train_images, saved["batch_size"], generator, bf16=True,
-                          average=average, first_step=(epoch - 1) * steps_per_epoch)
+                          average=average)
         losses = [train.evaluate(average.model, test_images), train.evaluate(model, test_images)]
         print(f"{epoch},{lr:.3e},{losses[0]:.7f},{losses[1]:.7f},{time.perf_counter() - started:.1f}", flush=True)
         for group in optimizer.param_groups:
