@@ -31,7 +31,7 @@ PLAIN_BATCH_SIZE = 64
 LEVERS = {
     "without bf16 autocast (fp32)": {"bf16": False},
     "without channels_last": {"channels_last": False},
-    "without fused Adam": {"fused_adam": False},
+    "without fused AdamW": {"fused_adam": False},
     "with nn's convolutions for the 1x1 layers": {"matrix_layers": False},
     "without the weight average (EMA)": {"ema": False},
     "with torch.compile": {"compile": True},
@@ -85,7 +85,8 @@ def project_pipeline(args, stage, device, images, channels_last=True, bf16=True,
     train_images, test_images = images
     model = train.prepare_model(AutoEncoder().to(device), channels_last, matrix_layers)
     average = train.WeightAverage(model, defaults.ema_decay) if ema else None
-    optimizer = train.make_optimizer(model, train.STAGE_LR[stage], fused=fused_adam)
+    optimizer = train.make_optimizer(model, train.STAGE_LR[stage], fused=fused_adam,
+                                     weight_decay=defaults.weight_decay)
     generator = torch.Generator(device=device).manual_seed(0)
     if compile:
         model.compile()

@@ -82,6 +82,18 @@ def test_bad_resume_files_fail_cleanly(run_dir, tiny_mnist, tmp_path):
     assert snapshot(run_dir) == before
 
 
+def test_resume_with_another_weight_decay_fails_cleanly(run_dir, tiny_mnist):
+    import train
+
+    other = "0" if train.parse_args([]).weight_decay else "0.01"
+    before = snapshot(run_dir)
+    result = run("train.py", "--resume", os.path.join(run_dir, "last.pt"), "--weight-decay", other,
+                 "--batch-size", "32", "--epochs", "3", "--data-dir", tiny_mnist, "--out-dir", run_dir,
+                 "--device", "cpu")
+    assert_clean_failure(result, "last.pt", "--weight-decay")
+    assert snapshot(run_dir) == before
+
+
 class RunsCode:
     """Unpickling this would create a file: what a malicious checkpoint could do."""
 
@@ -113,6 +125,7 @@ def test_checkpoint_that_runs_code_is_refused(run_dir, tiny_mnist, tmp_path):
     (["--batch-size", "0"], "--batch-size"),
     (["--lr", "0"], "--lr"),
     (["--lr", "-0.1"], "--lr"),
+    (["--weight-decay", "-0.01"], "--weight-decay"),
 ])
 def test_nonsense_flags_are_refused(flags, word, run_dir, tiny_mnist):
     before = snapshot(run_dir)

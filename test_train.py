@@ -207,6 +207,19 @@ def test_weight_average_update(warmup, expected_decay):
     assert average.model.encoder[0][1].num_batches_tracked == 5
 
 
+def test_weight_decay_shrinks_the_kernels_only():
+    model = AutoEncoder()
+    before = {name: value.clone() for name, value in model.named_parameters()}
+    optimizer = train.make_optimizer(model, lr=0.1, weight_decay=0.5)
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)  # so that only the decay moves them
+    optimizer.step()
+    for name, value in model.named_parameters():
+        factor = 1 - 0.1 * 0.5 if value.dim() > 1 else 1.0
+        torch.testing.assert_close(value, before[name] * factor, msg=name)
+    assert type(train.make_optimizer(model, lr=0.1)) is torch.optim.Adam
+
+
 def test_bench_prints_both_rates_and_their_ratio(tiny_mnist, capsys):
     bench.main(["--data-dir", tiny_mnist, "--rounds", "1", "--device", "cpu"])
     rows = re.findall(r"stage (\d): plain loop +(\d+) img/s +this project +(\d+) img/s +ratio ([\d.]+)x",

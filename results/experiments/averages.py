@@ -4,7 +4,7 @@
 
 All averages come from the same training trajectory, so their test losses differ only
 by the averaging, not by the chance of two runs. The 0.999 column is the stage-1 run
-that `train.py --lr LR` makes with the same seed, number for number. Prints CSV.
+that `train.py --lr LR --weight-decay 0` makes with the same seed, number for number. Prints CSV.
 """
 
 import argparse
