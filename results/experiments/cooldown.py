@@ -1,10 +1,10 @@
 """Continue a stage-1 checkpoint for a few epochs with the lr multiplied by a factor
 after every epoch, keeping its weight average, and print the test MSE each epoch.
 
-    python results/experiments/cooldown.py results/mnist/stage1_best.pt --factor 0.5 --epochs 8
+    python results/experiments/cooldown.py results/mnist_adam/stage1_best.pt --factor 0.5 --epochs 8
 
 It asks how much an lr that falls at the end of stage 1 would buy over the constant lr
-of the published run. Prints CSV.
+of the published runs. Prints CSV.
 """
 
 import argparse
@@ -31,7 +31,7 @@ def main():
     saved = checkpoint["args"]
     model = train.prepare_model(AutoEncoder())
     model.load_state_dict(checkpoint["train_model_state_dict"])
-    optimizer = train.make_optimizer(model, saved["lr"])
+    optimizer = train.make_optimizer(model, saved["lr"], weight_decay=saved.get("weight_decay", 0.0))
     optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
     average = train.WeightAverage(model, saved["ema_decay"], warmup=False)
     average.model.load_state_dict(checkpoint["model_state_dict"])
