@@ -154,15 +154,25 @@ def perspective_coefficients(startpoints, endpoints):
     return torch.linalg.solve(system, target).float()
 
 
+# Cached per device, as above.
+@functools.cache
+def pixel_centres(device, size=IMAGE_SIZE):
+    """Every pixel centre as homogeneous (x + 0.5, y + 0.5, 1), row by row: [H * W, 3]."""
+    centres = torch.arange(size, device=device, dtype=torch.float32) + 0.5
+    y, x = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten(), torch.ones_like(x.flatten())], dim=-1)
+
+
 def perspective_grid(coefficients, size=IMAGE_SIZE):
-    """Sampling grid [B, H, W, 2] for grid_sample(align_corners=False), as torchvision builds it."""
-    centers = torch.arange(size, device=coefficients.device, dtype=torch.float32) + 0.5
-    y, x = torch.meshgrid(centers, centers, indexing="ij")
-    a, b, c, d, e, f, g, h = (coefficients[:, i, None, None] for i in range(8))
-    denominator = g * x + h * y + 1
-    source_x = (a * x + b * y + c) / (0.5 * size) / denominator
-    source_y = (d * x + e * y + f) / (0.5 * size) / denominator
-    return torch.stack([source_x, source_y], dim=-1) - 1.0
+    """Sampling grid [B, H, W, 2] for grid_sample(align_corners=False), as torchvision builds it.
+
+    One batched matrix product maps every pixel centre through each sample's homography
+    (x, y rows scaled to grid_sample's [-1, 1] range); a division by the third row projects.
+    """
+    a_to_f, g_h = coefficients[:, :6].unflatten(1, (2, 3)), coefficients[:, 6:]
+    homography = torch.cat([a_to_f / (0.5 * size), F.pad(g_h, (0, 1), value=1.0)[:, None]], dim=1)
+    projected = pixel_centres(coefficients.device, size) @ homography.transpose(1, 2)
+    return (projected[..., :2] / projected[..., 2:] - 1.0).unflatten(1, (size, size))
 
 
 def perspective(batch, endpoints):
