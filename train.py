@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import AutoEncoder, CheckpointError, load_checkpoint, with_matrix_product_layers
+from model import AutoEncoder, CheckpointError, load_checkpoint, with_batchnorm_folded, with_matrix_product_layers
 
 STAGE_LR = {1: 5e-3, 2: 1e-3}
 WEIGHT_DECAY = 1e-2  # AdamW's, on the convolution kernels: a faster start (results/experiments/)
@@ -319,7 +319,7 @@ def train_epoch(model, optimizer, images, batch_size, generator, augment=False, 
 
 def per_image_mse(model, images, batch_size=EVAL_BATCH_SIZE):
     """Mean squared error of each image's reconstruction, float64 [N] on the CPU."""
-    model.eval()
+    model = with_batchnorm_folded(model)
     errors = []
     with torch.inference_mode():
         for batch in data.ordered_batches(images, batch_size):
