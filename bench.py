@@ -10,12 +10,16 @@ reference). This project's pipeline is train.py's own train_epoch and evaluate w
 its defaults (--batch-size times it at another batch size). Both run whole epochs,
 evaluation included, on the same model, taking turns (--rounds epochs each, so that a
 slow spell of a shared machine hits both); the numbers are training images per second
-of wall time in each one's median epoch.
+of wall time in each one's median epoch. Each pipeline runs in a process of its own,
+as it would for a user, so that what one sets for its process (train.py's allocator
+setting) does not speed up the other.
 """
 
 import argparse
+import multiprocessing
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,7 @@ LEVERS = {
     "with nn's convolutions for the 1x1 layers": {"matrix_layers": False},
     "without the weight average (EMA)": {"ema": False},
     "with torch.compile": {"compile": True},
+    "with glibc's default allocator settings": {"keep_freed_memory": False},
 }
 
 
@@ -78,11 +83,14 @@ def plain_pipeline(args, stage, device, matrix_layers=False):
     return lambda: plain_epoch(model, optimizer, train_loader, test_loader, device)
 
 
-def project_pipeline(args, stage, device, images, channels_last=True, bf16=True, ema=True,
-                     fused_adam=True, matrix_layers=True, compile=False):
+def project_pipeline(args, stage, device, channels_last=True, bf16=True, ema=True, fused_adam=True,
+                     matrix_layers=True, compile=False, keep_freed_memory=True):
     """A function that runs one epoch of train.py's own pipeline; each lever can be switched off."""
     defaults = train.parse_args([])
-    train_images, test_images = images
+    if keep_freed_memory:
+        train.keep_freed_memory()
+    train_images, test_images = (data.load_split(args.data_dir, train=split)[0][: args.subset].to(device)
+                                 for split in (True, False))
     model = train.prepare_model(AutoEncoder().to(device), channels_last, matrix_layers)
     average = train.WeightAverage(model, defaults.ema_decay) if ema else None
     optimizer = train.make_optimizer(model, train.STAGE_LR[stage], fused=fused_adam,
@@ -98,16 +106,37 @@ def project_pipeline(args, stage, device, images, channels_last=True, bf16=True,
     return epoch
 
 
-def images_per_second(epochs, num_images, rounds, device):
-    """Run the epoch functions in turn, `rounds` times, so that a slow spell of the machine
-    hits them alike; return each one's median rate over its epochs."""
-    seconds = [[] for _ in epochs]
-    for _ in range(rounds):
-        for times, epoch in zip(seconds, epochs):
-            started = time.perf_counter()
-            epoch()
-            synchronize(device)
-            times.append(time.perf_counter() - started)
+# The pipeline that this worker process times; each worker has one.
+worker_epoch = None
+
+
+def start_worker(make_pipeline, arguments, switches):
+    global worker_epoch
+    torch.manual_seed(0)
+    worker_epoch = make_pipeline(*arguments, **switches)
+
+
+def time_worker_epoch(device):
+    started = time.perf_counter()
+    worker_epoch()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def images_per_second(pipelines, num_images, rounds, device):
+    """Time each pipeline, given as (make_pipeline, arguments, switches), in a worker process
+    of its own: one epoch each in turn, `rounds` times, so that a slow spell of the machine
+    hits them alike. Returns each one's median rate over its epochs."""
+    spawn = multiprocessing.get_context("spawn")
+    workers = [ProcessPoolExecutor(1, spawn, start_worker, pipeline) for pipeline in pipelines]
+    try:
+        seconds = [[] for _ in workers]
+        for _ in range(rounds):
+            for times, worker in zip(seconds, workers):
+                times.append(worker.submit(time_worker_epoch, device).result())
+    finally:
+        for worker in workers:
+            worker.shutdown()
     return [num_images / statistics.median(times) for times in seconds]
 
 
@@ -134,22 +163,21 @@ def main(argv=None):
                         help="also time the project's pipeline with one speed lever changed at a time")
     args = parser.parse_args(argv)
     device = train.choose_device(args.device)
-    torch.manual_seed(0)
     print(f"device: {device}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
-    images = [data.load_split(args.data_dir, train=split)[0][: args.subset].to(device) for split in (True, False)]
-    num_images = len(images[0])
+    num_images = len(data.load_split(args.data_dir, train=True)[0][: args.subset])
     for stage in args.stages:
         plain, ours = images_per_second(
-            [plain_pipeline(args, stage, device), project_pipeline(args, stage, device, images, compile=args.compile)],
+            [(plain_pipeline, (args, stage, device), {}),
+             (project_pipeline, (args, stage, device), {"compile": args.compile})],
             num_images, args.rounds, device)
         print(f"stage {stage}: plain loop {plain:7.0f} img/s   this project {ours:7.0f} img/s   "
               f"ratio {ours / plain:.2f}x", flush=True)
         if args.levers:
             for name, switches in LEVERS.items():
-                [rate] = images_per_second([project_pipeline(args, stage, device, images, **switches)],
+                [rate] = images_per_second([(project_pipeline, (args, stage, device), switches)],
                                            num_images, args.rounds, device)
                 print(f"stage {stage}:   {name:<40} {rate:7.0f} img/s   ratio {rate / plain:.2f}x", flush=True)
-            [rate] = images_per_second([plain_pipeline(args, stage, device, matrix_layers=True)],
+            [rate] = images_per_second([(plain_pipeline, (args, stage, device), {"matrix_layers": True})],
                                        num_images, args.rounds, device)
             print(f"stage {stage}: plain loop with the matrix-product layers {rate:7.0f} img/s   "
                   f"this project's ratio to it {ours / rate:.2f}x", flush=True)

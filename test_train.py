@@ -242,7 +242,13 @@ def test_bench_times_this_project_at_the_batch_size_asked(tiny_mnist, monkeypatc
         batch_sizes.append(batch_size)
         return real_train_epoch(model, optimizer, images, batch_size, *args, **kwargs)
 
+    def one_epoch_each_in_this_process(pipelines, num_images, rounds, device):
+        for make_pipeline, arguments, switches in pipelines:
+            make_pipeline(*arguments, **switches)()
+        return [1.0] * len(pipelines)
+
     monkeypatch.setattr(train, "train_epoch", recording_train_epoch)
+    monkeypatch.setattr(bench, "images_per_second", one_epoch_each_in_this_process)
     bench.main(["--data-dir", tiny_mnist, "--rounds", "1", "--device", "cpu", "--stages", "1", "--batch-size", "16"])
     assert batch_sizes == [16]
     assert "stage 1: plain loop" in capsys.readouterr().out
