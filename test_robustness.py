@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+import train
 from conftest import write_idx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -83,8 +84,6 @@ def test_bad_resume_files_fail_cleanly(run_dir, tiny_mnist, tmp_path):
 
 
 def test_resume_with_another_weight_decay_fails_cleanly(run_dir, tiny_mnist):
-    import train
-
     other = "0" if train.parse_args([]).weight_decay else "0.01"
     before = snapshot(run_dir)
     result = run("train.py", "--resume", os.path.join(run_dir, "last.pt"), "--weight-decay", other,
