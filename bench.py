@@ -1,23 +1,27 @@
 """Time this project's training pipeline against a plain PyTorch loop, side by side.
 
-    python bench.py --data-dir ../shared/data
+    python bench.py --data-dir ./data
 
 The plain loop is what most MNIST examples do: torchvision's MNIST through a DataLoader
 (batch 64, shuffled, per-sample ToTensor; for stage 2 per-sample PIL RandomPerspective
 and RandomRotation), the default memory format, fp32, Adam, then the test set in
 batches of 64, over the model exactly as model.py defines it (nn's layers, as the
-reference). This project's pipeline is train.py's own train_epoch and evaluate with
-its defaults (--batch-size times it at another batch size). Both run whole epochs,
-evaluation included, on the same model, taking turns (--rounds epochs each, so that a
-slow spell of a shared machine hits both); the numbers are training images per second
-of wall time in each one's median epoch. Each pipeline runs in a process of its own,
-as it would for a user, so that what one sets for its process (train.py's allocator
-setting) does not speed up the other.
+reference). This project's pipeline is train.py itself, run as a user runs it, one
+epoch per turn (continued with --resume), its epoch time read from history.csv. The two
+take turns, --rounds epochs each, so that a slow spell of a shared machine hits both;
+the numbers are training images per second of wall time in each one's median epoch,
+training and test evaluation included. --levers also times train.py with one speed
+lever (fast.py) changed at a time.
 """
 
 import argparse
+import csv
 import multiprocessing
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -27,19 +31,20 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 import data
-import train
-from model import AutoEncoder, with_matrix_product_layers
+import fast
+from model import AutoEncoder
 
 PLAIN_BATCH_SIZE = 64
-# Each row of --levers changes one thing in this project's pipeline.
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Each row of --levers changes one thing in train.py's run: (its flags, the fast.py lever it turns off).
 LEVERS = {
-    "without bf16 autocast (fp32)": {"bf16": False},
-    "without channels_last": {"channels_last": False},
-    "without fused AdamW": {"fused_adam": False},
-    "with nn's convolutions for the 1x1 layers": {"matrix_layers": False},
-    "without the weight average (EMA)": {"ema": False},
-    "with torch.compile": {"compile": True},
-    "with glibc's default allocator settings": {"keep_freed_memory": False},
+    "fp32 instead of --precision auto": (["--precision", "fp32"], ""),
+    "without channels_last": ([], "channels_last"),
+    "without fused AdamW": ([], "fused_optimizer"),
+    "with nn's convolutions for the 1x1 layers": ([], "matrix_layers"),
+    "with glibc's default allocator settings": ([], "keep_freed_memory"),
+    "without the weight average (EMA)": (["--ema-decay", "0"], ""),
+    "with torch.compile": (["--compile"], ""),
 }
 
 
@@ -72,115 +77,140 @@ def plain_epoch(model, optimizer, train_loader, test_loader, device):
     return total / (len(test_loader.dataset) * 28 * 28)
 
 
-def plain_pipeline(args, stage, device, matrix_layers=False):
-    """A function that runs one epoch of the plain loop, from its own fresh model."""
+# The plain loop that this worker process times; each worker has one.
+worker_epoch = None
+
+
+def start_plain_worker(args, stage, device, matrix_layers):
+    global worker_epoch
+    torch.manual_seed(0)
     train_loader = plain_loader(args.data_dir, True, args.subset, augment=stage == 2)
     test_loader = plain_loader(args.data_dir, False, args.subset, augment=False)
     model = AutoEncoder().to(device)
     if matrix_layers:
-        model = with_matrix_product_layers(model)
+        model = fast.with_matrix_product_layers(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    return lambda: plain_epoch(model, optimizer, train_loader, test_loader, device)
+    worker_epoch = lambda: plain_epoch(model, optimizer, train_loader, test_loader, device)  # noqa: E731
 
 
-def project_pipeline(args, stage, device, channels_last=True, bf16=True, ema=True, fused_adam=True,
-                     matrix_layers=True, compile=False, keep_freed_memory=True):
-    """A function that runs one epoch of train.py's own pipeline; each lever can be switched off."""
-    defaults = train.parse_args([])
-    if keep_freed_memory:
-        train.keep_freed_memory()
-    train_images, test_images = (data.load_split(args.data_dir, train=split)[0][: args.subset].to(device)
-                                 for split in (True, False))
-    model = train.prepare_model(AutoEncoder().to(device), channels_last, matrix_layers)
-    average = train.WeightAverage(model, defaults.ema_decay) if ema else None
-    optimizer = train.make_optimizer(model, train.STAGE_LR[stage], fused=fused_adam,
-                                     weight_decay=defaults.weight_decay)
-    generator = torch.Generator(device=device).manual_seed(0)
-    if compile:
-        model.compile()
-
-    def epoch():
-        train.train_epoch(model, optimizer, train_images, args.batch_size, generator, augment=stage == 2,
-                          bf16=bf16 and train.use_bf16(defaults.precision, device), average=average)
-        train.evaluate(average.model if average else model, test_images)
-    return epoch
-
-
-# The pipeline that this worker process times; each worker has one.
-worker_epoch = None
-
-
-def start_worker(make_pipeline, arguments, switches):
-    global worker_epoch
-    torch.manual_seed(0)
-    worker_epoch = make_pipeline(*arguments, **switches)
-
-
-def time_worker_epoch(device):
+def time_plain_epoch(device):
     started = time.perf_counter()
     worker_epoch()
-    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
-def images_per_second(pipelines, num_images, rounds, device):
-    """Time each pipeline, given as (make_pipeline, arguments, switches), in a worker process
-    of its own: one epoch each in turn, `rounds` times, so that a slow spell of the machine
-    hits them alike. Returns each one's median rate over its epochs."""
-    spawn = multiprocessing.get_context("spawn")
-    workers = [ProcessPoolExecutor(1, spawn, start_worker, pipeline) for pipeline in pipelines]
+class PlainLoop:
+    """The plain loop in a worker process of its own, so that nothing train.py sets for
+    its process (the allocator setting) reaches it."""
+
+    def __init__(self, args, stage, device, matrix_layers=False):
+        spawn = multiprocessing.get_context("spawn")
+        self.device = device
+        self.worker = ProcessPoolExecutor(1, spawn, start_plain_worker, (args, stage, device, matrix_layers))
+
+    def epoch_seconds(self):
+        return self.worker.submit(time_plain_epoch, self.device).result()
+
+    def close(self):
+        self.worker.shutdown()
+
+
+class TrainPy:
+    """train.py run one epoch at a time, each run continuing the last with --resume."""
+
+    def __init__(self, args, stage, folder, start_checkpoint, flags=(), levers_off=""):
+        self.stage, self.folder, self.epochs = stage, folder, 0
+        self.resume = start_checkpoint
+        self.command = [sys.executable, os.path.join(HERE, "train.py"), "--stage", str(stage),
+                        "--data-dir", args.data_dir, "--out-dir", folder, "--batch-size", str(args.batch_size),
+                        "--device", args.device, *(["--subset", str(args.subset)] if args.subset else []),
+                        *(["--compile"] if args.compile else []), *flags]
+        self.environment = {**os.environ, "FAST_LEVERS_OFF": levers_off}
+
+    def epoch_seconds(self):
+        self.epochs += 1
+        resume = ["--resume", self.resume] if self.resume else []
+        subprocess.run([*self.command, "--epochs", str(self.epochs), *resume], env=self.environment,
+                       check=True, stdout=subprocess.DEVNULL)
+        self.resume = os.path.join(self.folder, "last.pt")
+        with open(os.path.join(self.folder, "history.csv"), newline="") as file:
+            [row] = [row for row in csv.DictReader(file)
+                     if (int(row["stage"]), int(row["epoch"])) == (self.stage, self.epochs)]
+        return float(row["seconds"])
+
+    def close(self):
+        pass
+
+
+def images_per_second(pipelines, num_images, rounds):
+    """One epoch of each pipeline in turn, `rounds` times; each one's median rate."""
+    seconds = [[] for _ in pipelines]
     try:
-        seconds = [[] for _ in workers]
         for _ in range(rounds):
-            for times, worker in zip(seconds, workers):
-                times.append(worker.submit(time_worker_epoch, device).result())
+            for times, pipeline in zip(seconds, pipelines):
+                times.append(pipeline.epoch_seconds())
     finally:
-        for worker in workers:
-            worker.shutdown()
+        for pipeline in pipelines:
+            pipeline.close()
     return [num_images / statistics.median(times) for times in seconds]
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw/ (default: %(default)s)")
     parser.add_argument("--stages", type=int, nargs="+", choices=[1, 2], default=[1, 2],
                         help="stages to time (default: 1 2)")
-    parser.add_argument("--rounds", type=train.positive(int), default=3,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="epochs of each pipeline, taken in turn; the median counts (default: %(default)s)")
-    parser.add_argument("--subset", type=train.positive(int), default=None, help="first N images only")
-    parser.add_argument("--batch-size", type=train.positive(int), default=train.parse_args([]).batch_size,
-                        help=f"this project's batch size; the plain loop's stays {PLAIN_BATCH_SIZE} "
-                             "(default: train.py's, %(default)s)")
+    parser.add_argument("--subset", type=int, default=None, help="first N images only")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help=f"train.py's batch size; the plain loop's stays {PLAIN_BATCH_SIZE} (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                         help="auto: cuda, then mps, then cpu (default: %(default)s)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile this project's model")
+    parser.add_argument("--compile", action="store_true", help="train.py --compile")
     parser.add_argument("--levers", action="store_true",
-                        help="also time the project's pipeline with one speed lever changed at a time")
+                        help="also time train.py with one speed lever changed at a time")
     args = parser.parse_args(argv)
-    device = train.choose_device(args.device)
-    print(f"device: {device}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    for name in ("rounds", "subset", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = data.choose_device(args.device)
+    precision = "bf16 autocast" if fast.use_bf16("auto", device) else "fp32"
+    print(f"device: {device}, CPU capability: {torch.backends.cpu.get_cpu_capability()}, "
+          f"threads: {torch.get_num_threads()}, training precision: {precision}, torch {torch.__version__}")
     num_images = len(data.load_split(args.data_dir, train=True)[0][: args.subset])
-    for stage in args.stages:
-        plain, ours = images_per_second(
-            [(plain_pipeline, (args, stage, device), {}),
-             (project_pipeline, (args, stage, device), {"compile": args.compile})],
-            num_images, args.rounds, device)
-        print(f"stage {stage}: plain loop {plain:7.0f} img/s   this project {ours:7.0f} img/s   "
-              f"ratio {ours / plain:.2f}x", flush=True)
-        if args.levers:
-            for name, switches in LEVERS.items():
-                [rate] = images_per_second([(project_pipeline, (args, stage, device), switches)],
-                                           num_images, args.rounds, device)
-                print(f"stage {stage}:   {name:<40} {rate:7.0f} img/s   ratio {rate / plain:.2f}x", flush=True)
-            [rate] = images_per_second([(plain_pipeline, (args, stage, device), {"matrix_layers": True})],
-                                       num_images, args.rounds, device)
+    with tempfile.TemporaryDirectory() as scratch:
+        # Stage 2 starts from a stage-1 checkpoint, as in the README's recipe.
+        start = os.path.join(scratch, "start")
+        TrainPy(args, 1, start, None).epoch_seconds()
+        start_checkpoint = {1: None, 2: os.path.join(start, "last.pt")}
+        for stage in args.stages:
+            def train_py(name, flags=(), levers_off=""):
+                return TrainPy(args, stage, os.path.join(scratch, f"stage{stage}-{name}"),
+                               start_checkpoint[stage], flags, levers_off)
+
+            ours = train_py("defaults")
+            plain, ours_rate = images_per_second([PlainLoop(args, stage, device), ours], num_images, args.rounds)
+            print(f"stage {stage}: plain loop {plain:7.0f} img/s   this project {ours_rate:7.0f} img/s   "
+                  f"ratio {ours_rate / plain:.2f}x", flush=True)
+            print(f"stage {stage}: this project timed as: {' '.join(ours.command[1:])} --epochs N --resume ...",
+                  flush=True)
+            if not args.levers:
+                continue
+            for number, (name, (flags, levers_off)) in enumerate(LEVERS.items()):
+                [rate] = images_per_second([train_py(str(number), flags, levers_off)], num_images, args.rounds)
+                print(f"stage {stage}:   {name:<42} {rate:7.0f} img/s   ratio {rate / plain:.2f}x   "
+                      f"defaults {ours_rate / rate - 1:+.0%} faster", flush=True)
+            [rate] = images_per_second([PlainLoop(args, stage, device, matrix_layers=True)], num_images, args.rounds)
             print(f"stage {stage}: plain loop with the matrix-product layers {rate:7.0f} img/s   "
-                  f"this project's ratio to it {ours / rate:.2f}x", flush=True)
+                  f"this project's ratio to it {ours_rate / rate:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

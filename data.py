@@ -28,7 +28,22 @@ MAX_ROTATION_DEGREES = 10.0
 
 
 class DataError(Exception):
-    """Data that cannot be loaded; the message says what to do."""
+    """Data (or a device) that cannot be used; the message says what to do."""
+
+
+def choose_device(name):
+    """--device: auto picks cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda: no CUDA device is available; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise DataError("--device mps: MPS is not available; use --device cpu")
+    return torch.device(name)
 
 
 def raw_folder(data_dir, dataset="mnist"):
@@ -86,6 +101,15 @@ def load_split(data_dir, train, dataset="mnist"):
             f"labels {tuple(labels.shape)}; delete them to download again"
         )
     return images, labels.long()
+
+
+def load_splits(data_dir, dataset, device, subset=None):
+    """[(train images, labels), (test images, labels)] on `device`, cut to the first `subset`."""
+    splits = []
+    for train in (True, False):
+        images, labels = load_split(data_dir, train=train, dataset=dataset)
+        splits.append((images[:subset].to(device), labels[:subset].to(device)))
+    return splits
 
 
 def first_line(error):

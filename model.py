@@ -7,25 +7,22 @@ trained weights load with strict=True. `load_checkpoint` is the one safe loader.
 Run `python model.py` to print the layer table.
 """
 
-import copy
-
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 LATENT_DIM = 128
 
 # The reference saved `loss` as a numpy float64. Unpickling one needs numpy's scalar
-# constructor (named numpy.core.* when saved by numpy 1, numpy._core.* by numpy 2) and
-# the float64 dtype; nothing else is allowed. The rest of a checkpoint is tensors and
-# plain Python values, which weights_only loading accepts anyway.
+# constructor, which numpy 1 names numpy.core.multiarray.scalar and numpy 2
+# numpy._core.multiarray.scalar, and the float64 dtype; nothing else is allowed. The
+# constructor is taken from numpy's public pickling hook, so this works under both.
+NUMPY_SCALAR = np.float64(0).__reduce__()[0]
 NUMPY_FLOAT64_GLOBALS = [
-    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-    np._core.multiarray.scalar,
+    (NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
+    (NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
     np.dtype,
-    np.dtypes.Float64DType,
+    type(np.dtype(np.float64)),
 ]
 
 
@@ -81,70 +78,6 @@ def init_weights(module):
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.xavier_uniform_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-class WholeInputConv2d(nn.Conv2d):
-    """A Conv2d whose kernel is as large as its input, so its output is 1x1.
-
-    Such a convolution is one matrix product (flattened image times flattened kernels).
-    Computing it as one gives the same numbers up to rounding, and on a CPU it is about
-    three times faster than the general convolution routines for this shape (forward
-    and backward, bf16, channels_last). The parameters are nn.Conv2d's.
-    """
-
-    def forward(self, x):
-        if x.shape[-2:] != self.kernel_size or self.padding != (0, 0):
-            return super().forward(x)
-        # Both flattened in (row, column, channel) order: free for channels_last input.
-        pixels = x.permute(0, 2, 3, 1).flatten(1)
-        kernels = self.weight.permute(0, 2, 3, 1).flatten(1)
-        return F.linear(pixels, kernels, self.bias)[:, :, None, None]
-
-
-class PointInputConvTranspose2d(nn.ConvTranspose2d):
-    """A ConvTranspose2d applied to a 1x1 input: each output is one kernel scaled per channel.
-
-    That is one matrix product, code times flattened kernels; as for WholeInputConv2d,
-    the same numbers up to rounding, about three times faster on a CPU, nn's parameters.
-    """
-
-    def forward(self, x):
-        if x.shape[-2:] != (1, 1) or self.padding != (0, 0):
-            return super().forward(x)
-        kernels = self.weight.permute(0, 2, 3, 1).flatten(1)  # in x (row, column, out channel)
-        pixels = (x.flatten(1) @ kernels).unflatten(1, (*self.kernel_size, self.out_channels))
-        return (pixels + self.bias).permute(0, 3, 1, 2)  # channels_last, like the conv would be
-
-
-def with_matrix_product_layers(model):
-    """`model` with its two 1x1 layers (the latent conv and the first transposed conv)
-    computed as matrix products. The parameters and state_dict keys stay as they are."""
-    for layers, index, fast_class in ((model.encoder, 3, WholeInputConv2d),
-                                      (model.decoder, 1, PointInputConvTranspose2d)):
-        layer = layers[index]
-        layers[index] = fast_class(layer.in_channels, layer.out_channels, layer.kernel_size)
-        layers[index].weight, layers[index].bias = layer.weight, layer.bias
-    return model
-
-
-def with_batchnorm_folded(model):
-    """An evaluation copy of `model` with each BatchNorm folded into the convolution before it.
-
-    In eval mode a BatchNorm is a fixed scale and shift per channel, which the conv's
-    kernels and bias can absorb: the same outputs up to rounding, one pass over the
-    activations fewer (evaluation of the test set took 11% less time on a 2-core CPU,
-    results/experiments/folded_eval_timing.txt). `model` is left as it is.
-    """
-    folded = copy.deepcopy(model).eval()
-    for block in folded.modules():
-        if not isinstance(block, nn.Sequential):
-            continue
-        for index in range(len(block) - 1):
-            conv, norm = block[index], block[index + 1]
-            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(norm, nn.BatchNorm2d):
-                block[index] = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d))
-                block[index + 1] = nn.Identity()
-    return folded
 
 
 def layer_table(model, input_size=(1, 1, 28, 28)):

@@ -11,7 +11,8 @@ from torchvision.transforms.v2 import functional as TF
 
 import data
 from conftest import NUM_TEST, synthetic_digits, write_mnist
-from model import AutoEncoder, layer_table, with_batchnorm_folded, with_matrix_product_layers
+from fast import with_matrix_product_layers
+from model import AutoEncoder, layer_table
 
 # From the reference README's torchsummary table: (layer, output shape, parameters).
 REFERENCE_TABLE = [
@@ -97,25 +98,6 @@ def test_matrix_product_layers_compute_what_nn_layers_compute():
             outputs.append([reconstruction, latent, *(p.grad for p in model.parameters())])
         for expected, actual in zip(*outputs):
             torch.testing.assert_close(actual, expected, rtol=1e-3, atol=1e-5)
-
-
-def test_folded_batchnorm_evaluates_like_the_model_and_leaves_it_alone():
-    torch.manual_seed(0)
-    model = with_matrix_product_layers(AutoEncoder()).to(memory_format=torch.channels_last)
-    for _ in range(3):  # running statistics and BatchNorm scales away from their initial values
-        model(torch.rand(16, 1, 28, 28))[0].mean().backward()
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter -= 0.5 * parameter.grad
-    folded = with_batchnorm_folded(model)
-    assert model.training, "the model's mode was changed"
-    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 6
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    images = torch.rand(8, 1, 28, 28)
-    with torch.no_grad():
-        expected, actual = model.eval()(images), folded(images)
-    for want, got in zip(expected, actual):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_conv_weights_are_xavier_uniform_and_biases_zero():

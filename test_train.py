@@ -16,6 +16,8 @@ from PIL import Image
 
 import bench
 import data
+import evaluate
+import fast
 import train
 import visualize
 from model import AutoEncoder, load_checkpoint
@@ -148,13 +150,22 @@ def test_eval_only_metrics_agree_with_a_direct_computation(trained_run, tiny_mni
         votes = torch.bincount(train_labels[distances.argsort()[:5]], minlength=10)
         correct += int(votes.argmax() == label)
     assert float(printed["knn_accuracy"]) == pytest.approx(correct / len(test_labels), abs=1e-4)
-    warped = train.warped_copy(test_images)
+    warped = evaluate.warped_copy(test_images)
     assert warped.dtype == torch.uint8 and not torch.equal(warped, test_images)
-    assert torch.equal(warped, train.warped_copy(test_images)), "the warped test set must be fixed"
+    assert torch.equal(warped, evaluate.warped_copy(test_images)), "the warped test set must be fixed"
     xw = warped.float()[:, None] / 255
     with torch.no_grad():
         warped_mse = ((model(xw)[0] - xw) ** 2).mean().item()
     assert float(printed["warped_test_mse"]) == pytest.approx(warped_mse, abs=1e-7)
+
+
+def test_evaluate_py_prints_what_eval_only_prints(trained_run, tiny_mnist, capsys):
+    checkpoint_path = os.path.join(trained_run, "best.pt")
+    assert train.main(["--eval-only", "--resume", checkpoint_path, "--data-dir", tiny_mnist, *CPU]) == 0
+    from_train = [line for line in capsys.readouterr().out.splitlines() if "=" in line and " " not in line]
+    assert evaluate.main([checkpoint_path, "--data-dir", tiny_mnist, "--device", "cpu"]) == 0
+    from_evaluate = capsys.readouterr().out.strip().splitlines()
+    assert from_evaluate == from_train and from_evaluate[-1].startswith("test_mse=")
 
 
 def reference_style_checkpoint(path, numpy_module_name):
@@ -234,24 +245,12 @@ def test_bench_prints_both_rates_and_their_ratio(tiny_mnist, capsys):
         assert abs(float(ratio) - expected) <= 0.005 + expected * (0.5 / int(plain) + 0.5 / int(ours))
 
 
-def test_bench_times_this_project_at_the_batch_size_asked(tiny_mnist, monkeypatch, capsys):
-    batch_sizes = []
-    real_train_epoch = train.train_epoch
-
-    def recording_train_epoch(model, optimizer, images, batch_size, *args, **kwargs):
-        batch_sizes.append(batch_size)
-        return real_train_epoch(model, optimizer, images, batch_size, *args, **kwargs)
-
-    def one_epoch_each_in_this_process(pipelines, num_images, rounds, device):
-        for make_pipeline, arguments, switches in pipelines:
-            make_pipeline(*arguments, **switches)()
-        return [1.0] * len(pipelines)
-
-    monkeypatch.setattr(train, "train_epoch", recording_train_epoch)
-    monkeypatch.setattr(bench, "images_per_second", one_epoch_each_in_this_process)
+def test_bench_times_train_py_at_the_batch_size_asked(tiny_mnist, capsys):
     bench.main(["--data-dir", tiny_mnist, "--rounds", "1", "--device", "cpu", "--stages", "1", "--batch-size", "16"])
-    assert batch_sizes == [16]
-    assert "stage 1: plain loop" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "--batch-size 16" in re.search(r"stage 1: this project timed as: (.*)", output).group(1)
+    assert "CPU capability: " + torch.backends.cpu.get_cpu_capability() in output
+    assert re.search(r"training precision: (fp32|bf16 autocast)", output)
 
 
 def test_freed_memory_is_kept_for_the_next_step():
@@ -262,7 +261,7 @@ def test_freed_memory_is_kept_for_the_next_step():
         activations = [torch.empty(2 << 20).fill_(1.0) for _ in range(4)]
         del activations
 
-    if not train.keep_freed_memory():
+    if not fast.keep_freed_memory():
         pytest.skip("the C library has no mallopt (not glibc)")
     faults_per_step = []
     for _ in range(10):

@@ -16,8 +16,6 @@ import argparse
 import contextlib
 import copy
 import csv
-import ctypes
-import ctypes.util
 import math
 import os
 import shlex
@@ -32,15 +30,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import AutoEncoder, CheckpointError, load_checkpoint, with_batchnorm_folded, with_matrix_product_layers
+import fast
+import evaluate
+from model import AutoEncoder, CheckpointError, load_checkpoint
 
 STAGE_LR = {1: 5e-3, 2: 1e-3}
 WEIGHT_DECAY = 1e-2  # AdamW's, on the convolution kernels: a faster start (results/experiments/)
-EVAL_BATCH_SIZE = 200  # measured fastest on a CPU: 1,000 images of activations overflow its caches
-WARP_SEED = 2024  # the fixed draw of augmentation parameters behind warped_test_mse
-KNN_NEIGHBOURS = 5
-KNN_CHUNK = 500  # test codes per distance matrix: 500 x 60,000 floats is 120 MB
-NUM_CLASSES = 10
 HISTORY_FIELDS = ["stage", "epoch", "train_loss", "test_loss", "lr", "seconds"]
 # On GPU, reading a loss back to the host stalls the pipeline; do it every few batches.
 GPU_SYNC_EVERY = 50
@@ -128,72 +123,15 @@ def parse_args(argv=None):
     return args
 
 
-def choose_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: MPS is not available; use --device cpu")
-    return torch.device(name)
-
-
-def use_bf16(precision, device):
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # Without native bf16 (AVX512-BF16/AMX) a CPU emulates it, slower than fp32.
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def keep_freed_memory():
-    """Have the C library keep freed memory for reuse instead of returning it to the OS.
-
-    glibc hands large freed blocks back to the OS, so every training step faults its
-    activations in again page by page (keeping them bought 8% in stage 1 and 17% in
-    stage 2 on a 2-core CPU, results/bench.txt). PyTorch's CPU performance tuning guide
-    swaps in jemalloc or TCMalloc for this; two mallopt settings need nothing installed.
-    Returns False where the C library has no mallopt (macOS, Windows), which changes
-    nothing there.
-    """
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    m_trim_threshold, m_mmap_threshold, one_gib = -1, -3, 1 << 30
-    return bool(libc.mallopt(m_trim_threshold, one_gib) and libc.mallopt(m_mmap_threshold, one_gib))
-
-
-def prepare_model(model, channels_last=True, matrix_layers=True):
-    """The model as it trains fastest; each switch is a lever that bench.py can turn off.
-
-    NHWC (channels_last) convolutions are markedly faster with oneDNN on CPUs, and on
-    GPUs; the two 1x1 layers are faster as the matrix products they are.
-    """
-    if matrix_layers:
-        model = with_matrix_product_layers(model)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
-def make_optimizer(model, lr, fused=True, weight_decay=0.0):
-    """AdamW with its fused kernel: one pass over all parameters per step instead of a
-    dozen small operations per tensor, which on a CPU is about 8% of a training step.
-    `fused=False` is the per-tensor loop, a lever that bench.py can turn off.
-
-    The decay shrinks the convolution kernels only, as is usual (not biases and
-    BatchNorm scales); with `weight_decay=0` this is plain Adam.
-    """
+def make_optimizer(model, lr, weight_decay=0.0):
+    """AdamW whose decay shrinks the convolution kernels only, as is usual (not biases
+    and BatchNorm scales); with `weight_decay=0` this is plain Adam."""
     if not weight_decay:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=fused)
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=fast.FUSED_OPTIMIZER)
     kernels = [p for p in model.parameters() if p.dim() > 1]
     others = [p for p in model.parameters() if p.dim() <= 1]
     groups = [{"params": kernels, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, fused=fast.FUSED_OPTIMIZER)
 
 
 def check_writable(folder):
@@ -204,15 +142,6 @@ def check_writable(folder):
             pass
     except OSError as error:
         raise UsageError(f"--out-dir {folder}: cannot write there ({error.strerror or error})") from None
-
-
-def load_data(args, device):
-    """The training and test images (uint8, on `device`), cut to --subset if given."""
-    splits = []
-    for train in (True, False):
-        images, labels = data.load_split(args.data_dir, train=train, dataset=args.dataset)
-        splits.append((images[: args.subset].to(device), labels[: args.subset].to(device)))
-    return splits
 
 
 def atomic_write(path, write):
@@ -279,9 +208,10 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, step):
         decay = min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
-        mine, theirs = zip(*self.averaged)
-        # One fused call for all tensors, as torch.optim's own EMA helper does.
-        torch._foreach_lerp_(mine, theirs, 1 - decay)
+        # torch.optim.swa_utils.AveragedModel would copy the model at its first update
+        # rather than warm up from it, so the average is kept here.
+        for mine, theirs in self.averaged:
+            mine.lerp_(theirs, 1 - decay)
         for mine, theirs in self.copied:
             mine.copy_(theirs)
 
@@ -293,8 +223,10 @@ def train_epoch(model, optimizer, images, batch_size, generator, augment=False, 
     sync_every = 1 if images.device.type == "cpu" else GPU_SYNC_EVERY
     num_batches = math.ceil(len(images) / batch_size)
     batch_losses = torch.zeros(num_batches, device=images.device)
+    # A bar only on a terminal: a log file gets the one line per epoch that main prints.
     progress = tqdm(data.shuffled_batches(images, batch_size, generator), total=num_batches,
-                    desc=description, leave=False, dynamic_ncols=True, mininterval=0.5)
+                    desc=description, leave=False, dynamic_ncols=True, mininterval=0.5,
+                    disable=not sys.stderr.isatty())
     checked = 0
     for index, batch in enumerate(progress):
         if augment:
@@ -318,72 +250,12 @@ def train_epoch(model, optimizer, images, batch_size, generator, augment=False, 
     return batch_losses.mean().item()
 
 
-def per_image_mse(model, images, batch_size=EVAL_BATCH_SIZE):
-    """Mean squared error of each image's reconstruction, float64 [N] on the CPU."""
-    model = with_batchnorm_folded(model)
-    errors = []
-    with torch.inference_mode():
-        for batch in data.ordered_batches(images, batch_size):
-            reconstruction, _ = model(batch)
-            errors.append((reconstruction - batch).pow(2).mean(dim=(1, 2, 3)))
-    return torch.cat(errors).cpu().double()
-
-
-def evaluate(model, images):
+def mean_test_mse(model, images):
     """Test MSE, the mean over every pixel of every image."""
-    errors = per_image_mse(model, images)
+    errors = evaluate.per_image_mse(model, images)
     if not torch.isfinite(errors).all():
-        first_bad = int((~torch.isfinite(errors)).nonzero()[0]) // EVAL_BATCH_SIZE + 1
-        raise NonFiniteLoss(f"test batch {first_bad}")
+        raise NonFiniteLoss(f"test image {int((~torch.isfinite(errors)).nonzero()[0]) + 1}")
     return errors.mean().item()
-
-
-def latent_codes(model, images, batch_size=EVAL_BATCH_SIZE):
-    """The encoder's 128 numbers for each image, [N, 128]."""
-    model.eval()
-    with torch.inference_mode():
-        return torch.cat([model.encoder(batch) for batch in data.ordered_batches(images, batch_size)])
-
-
-def warped_copy(images, seed=WARP_SEED):
-    """The images warped once by the stage-2 augmentation with a fixed seed, uint8 like the originals.
-
-    Drawn on the CPU, so the copy is the same whatever device evaluates it.
-    """
-    warped = data.augment(data.to_float(images.cpu()), torch.Generator().manual_seed(seed))
-    return warped.mul(255).round().to(torch.uint8)[:, 0].to(images.device)
-
-
-def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=KNN_NEIGHBOURS):
-    """Accuracy of a k-nearest-neighbour vote (Euclidean) on latent codes.
-
-    Ties between classes go to the smallest label, as in scikit-learn's KNeighborsClassifier.
-    """
-    correct = 0
-    for start in range(0, len(test_codes), KNN_CHUNK):
-        chunk = test_codes[start : start + KNN_CHUNK]
-        nearest = torch.cdist(chunk, train_codes).topk(k, largest=False).indices
-        votes = F.one_hot(train_labels[nearest], NUM_CLASSES).sum(dim=1)
-        correct += (votes.argmax(dim=1) == test_labels[start : start + KNN_CHUNK]).sum().item()
-    return correct / len(test_codes)
-
-
-def test_metrics(model, train_split, test_split):
-    """Every number --eval-only prints, in order; test_mse comes last."""
-    (train_images, train_labels), (test_images, test_labels) = train_split, test_split
-    errors = per_image_mse(model, test_images)
-    metrics = {
-        "test_psnr": (10 * torch.log10(1 / errors.clamp_min(1e-12))).mean().item(),
-        "test_mse_sum": errors.mean().item() * test_images[0].numel(),
-        "warped_test_mse": per_image_mse(model, warped_copy(test_images)).mean().item(),
-        "knn_accuracy": knn_accuracy(latent_codes(model, train_images), train_labels,
-                                     latent_codes(model, test_images), test_labels),
-    }
-    labels = test_labels.cpu()
-    for digit in range(NUM_CLASSES):
-        metrics[f"test_mse_digit_{digit}"] = errors[labels == digit].mean().item()
-    metrics["test_mse"] = errors.mean().item()
-    return metrics
 
 
 @contextlib.contextmanager
@@ -460,7 +332,7 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
     history_path = os.path.join(args.out_dir, "history.csv")
     evaluated = average.model if average is not None else model
 
-    bf16 = use_bf16(args.precision, device)
+    bf16 = fast.use_bf16(args.precision, device)
     batches_per_epoch = math.ceil(len(train_images) / args.batch_size)
     print(f"training arithmetic: {'bf16 autocast' if bf16 else 'fp32'}")
 
@@ -474,12 +346,12 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
                 first_step=(epoch - 1) * batches_per_epoch,
                 description=f"stage {args.stage} epoch {epoch}/{args.epochs}",
             )
-            test_loss = evaluate(evaluated, test_images)
+            test_loss = mean_test_mse(evaluated, test_images)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step(test_loss)
             seconds = time.perf_counter() - started
             history.append({"stage": args.stage, "epoch": epoch, "train_loss": f"{train_loss:.7f}",
-                            "test_loss": f"{test_loss:.7f}", "lr": f"{lr:.3e}", "seconds": f"{seconds:.1f}"})
+                            "test_loss": f"{test_loss:.7f}", "lr": f"{lr:.3e}", "seconds": f"{seconds:.2f}"})
             improved = test_loss < best_loss
             best_loss = min(best_loss, test_loss)
             checkpoint = {
@@ -523,25 +395,22 @@ def run_training(args, device, model, checkpoint, train_images, test_images):
 
 def main(argv=None):
     args = parse_args(argv)
-    keep_freed_memory()
+    if args.eval_only:
+        return evaluate.report(args.resume, args.data_dir, args.dataset, args.device, args.subset)
+    fast.keep_freed_memory()
     try:
-        device = choose_device(args.device)
+        device = data.choose_device(args.device)
         print_run_header(args, device)
-        if not args.eval_only:
-            check_writable(args.out_dir)
+        check_writable(args.out_dir)
         torch.manual_seed(args.seed)
         model, checkpoint = AutoEncoder().to(device), None
         if args.resume:
             model, checkpoint = load_checkpoint(args.resume, device)
-        model = prepare_model(model)
-        train_split, test_split = load_data(args, device)
+        model = fast.prepare_model(model)
+        train_split, test_split = data.load_splits(args.data_dir, args.dataset, device, args.subset)
     except (UsageError, CheckpointError, data.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    if args.eval_only:
-        for name, value in test_metrics(model, train_split, test_split).items():
-            print(f"{name}={value:.4f}" if name in ("test_psnr", "knn_accuracy") else f"{name}={value:.7f}")
-        return 0
     return run_training(args, device, model, checkpoint, train_split[0], test_split[0])
 
 

@@ -31,7 +31,7 @@ from torchvision.utils import make_grid, save_image  # noqa: E402
 
 import data  # noqa: E402
 from model import CheckpointError, load_checkpoint  # noqa: E402
-from train import NUM_CLASSES, UsageError, choose_device, latent_codes, per_image_mse  # noqa: E402
+from evaluate import latent_codes, per_image_mse  # noqa: E402
 
 NUM_RECONSTRUCTIONS = 32
 # Test-set indices of the digit pairs to morph: 7 -> 2, 1 -> 0, 4 -> 1.
@@ -98,7 +98,7 @@ def draw_latent_pca(test_codes, test_labels, path, label_name="digit"):
     labels = test_labels.cpu()
     figure, axis = plt.subplots(figsize=(8, 7), constrained_layout=True)
     colours = plt.get_cmap("tab10")
-    for digit in range(NUM_CLASSES):
+    for digit in range(int(labels.max()) + 1):
         chosen = labels == digit
         axis.scatter(projected[chosen, 0], projected[chosen, 1], s=3, alpha=0.5, color=colours(digit),
                      label=str(digit))
@@ -112,11 +112,12 @@ def draw_latent_pca(test_codes, test_labels, path, label_name="digit"):
 
 def draw_per_digit_error(errors, test_labels, path, label_name="digit"):
     labels = test_labels.cpu()
-    means = [errors[labels == digit].mean().item() for digit in range(NUM_CLASSES)]
+    num_classes = int(labels.max()) + 1
+    means = [errors[labels == digit].mean().item() for digit in range(num_classes)]
     figure, axis = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    axis.bar(range(NUM_CLASSES), means, color="tab:blue")
+    axis.bar(range(num_classes), means, color="tab:blue")
     axis.axhline(errors.mean().item(), color="grey", linestyle="--", label="all test images")
-    axis.set_xticks(range(NUM_CLASSES))
+    axis.set_xticks(range(num_classes))
     axis.set_xlabel(label_name)
     axis.set_ylabel("test MSE")
     axis.set_title(f"Reconstruction error per {label_name}")
@@ -183,12 +184,12 @@ def draw_curves(history_paths, path):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        device = choose_device(args.device)
+        device = data.choose_device(args.device)
         model, _ = load_checkpoint(args.checkpoint, device)
         train_images, _ = data.load_split(args.data_dir, train=True, dataset=args.dataset)
         test_images, test_labels = data.load_split(args.data_dir, train=False, dataset=args.dataset)
         os.makedirs(args.out_dir, exist_ok=True)
-    except (UsageError, CheckpointError, data.DataError, OSError) as error:
+    except (CheckpointError, data.DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     model.eval()

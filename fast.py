@@ -1,0 +1,113 @@
+"""Speed levers: what train.py applies only to go faster. Nothing here changes what is
+computed beyond rounding, and the project is correct with every lever off.
+
+Gains are whole epochs with evaluation against the same pipeline with that one lever
+off, from `python bench.py --levers`: stage 1 / stage 2 on a 2-core Xeon with AMX
+(results/bench_amx.txt) and on a 2-core AMD EPYC with AVX2 only (results/bench_avx2.txt).
+bench.py turns a lever off by naming it in the environment variable FAST_LEVERS_OFF.
+"""
+
+import ctypes
+import ctypes.util
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LEVERS_OFF = set(os.environ.get("FAST_LEVERS_OFF", "").split(","))
+
+# AMX 11% / 17%, AVX2 see results/bench_avx2.txt: AdamW's fused kernel does one pass
+# over all parameters per step instead of a dozen small operations per tensor.
+FUSED_OPTIMIZER = "fused_optimizer" not in LEVERS_OFF
+
+
+def keep_freed_memory():
+    """Have the C library keep freed memory for reuse instead of returning it to the OS.
+
+    AMX 8% / 17%: glibc hands large freed blocks back to the OS, so every training step
+    faults its activations in again page by page; PyTorch's CPU tuning guide swaps in
+    jemalloc or TCMalloc for this, two mallopt settings need nothing installed.
+    Returns False where there is no mallopt (macOS, Windows), which changes nothing there.
+    """
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if "keep_freed_memory" in LEVERS_OFF or libc is None or not hasattr(libc, "mallopt"):
+        return False
+    m_trim_threshold, m_mmap_threshold, one_gib = -1, -3, 1 << 30
+    return bool(libc.mallopt(m_trim_threshold, one_gib) and libc.mallopt(m_mmap_threshold, one_gib))
+
+
+def cpu_has_native_bf16():
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX), read from Linux's
+    /proc/cpuinfo; elsewhere bf16 is emulated, slower than fp32, so False."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            flags = file.read().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision, device):
+    """--precision auto: bf16 autocast where the device computes bf16 natively, else fp32.
+
+    AMX 34% / 27% (`--precision fp32` is the lever). Evaluation is always fp32.
+    """
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+class WholeInputConv2d(nn.Conv2d):
+    """A Conv2d whose kernel is as large as its input (the latent conv: 3x3 in, 1x1 out).
+
+    That is one matrix product, flattened image times flattened kernels: the same
+    numbers up to rounding, and several times faster than the general convolution
+    routines for this shape. The parameters are nn.Conv2d's.
+    """
+
+    def forward(self, x):
+        if x.shape[-2:] != self.kernel_size or self.padding != (0, 0):
+            return super().forward(x)
+        # Both flattened in (row, column, channel) order: free for channels_last input.
+        pixels = x.permute(0, 2, 3, 1).flatten(1)
+        kernels = self.weight.permute(0, 2, 3, 1).flatten(1)
+        return F.linear(pixels, kernels, self.bias)[:, :, None, None]
+
+
+class PointInputConvTranspose2d(nn.ConvTranspose2d):
+    """A ConvTranspose2d applied to a 1x1 input: each output is one kernel scaled per channel.
+
+    One matrix product, code times flattened kernels; as for WholeInputConv2d.
+    """
+
+    def forward(self, x):
+        if x.shape[-2:] != (1, 1) or self.padding != (0, 0):
+            return super().forward(x)
+        kernels = self.weight.permute(0, 2, 3, 1).flatten(1)  # in x (row, column, out channel)
+        pixels = (x.flatten(1) @ kernels).unflatten(1, (*self.kernel_size, self.out_channels))
+        return (pixels + self.bias).permute(0, 3, 1, 2)  # channels_last, like the conv would be
+
+
+def with_matrix_product_layers(model):
+    """`model` with its two 1x1 layers computed as matrix products (AMX 16% / 22%).
+    The parameters and state_dict keys stay as they are."""
+    for layers, index, fast_class in ((model.encoder, 3, WholeInputConv2d),
+                                      (model.decoder, 1, PointInputConvTranspose2d)):
+        layer = layers[index]
+        layers[index] = fast_class(layer.in_channels, layer.out_channels, layer.kernel_size)
+        layers[index].weight, layers[index].bias = layer.weight, layer.bias
+    return model
+
+
+def prepare_model(model):
+    """The model as it trains fastest: the matrix-product layers, and channels_last
+    (NHWC) memory, which oneDNN's CPU convolutions and GPUs run faster (AMX 31% / 36%)."""
+    if "matrix_layers" not in LEVERS_OFF:
+        model = with_matrix_product_layers(model)
+    if "channels_last" not in LEVERS_OFF:
+        model = model.to(memory_format=torch.channels_last)
+    return model
