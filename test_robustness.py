@@ -26,8 +26,10 @@ def run(script, *args, timeout=120):
 
 
 def snapshot(folder):
-    """Bytes of every file in `folder`, to show that nothing was overwritten."""
-    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+    """Bytes of every file in `folder`, to show that nothing was overwritten. The lock file
+    is left out: it names whichever run held the folder last, and holds no results."""
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
+            if name != ".lock"}
 
 
 @pytest.fixture
@@ -185,8 +187,9 @@ def test_unwritable_out_dir_fails_before_training(tiny_mnist, tmp_path):
 
 def test_non_finite_loss_stops_with_status_3(run_dir, tiny_mnist):
     before = snapshot(run_dir)
+    # Even told to overwrite, a run that fails in its first epoch leaves the old run whole.
     result = run("train.py", "--lr", "1e6", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "3",
-                 "--device", "cpu")
+                 "--device", "cpu", "--overwrite")
     assert result.returncode == 3, result.stderr
     message = result.stderr.strip().splitlines()[-1]
     assert "epoch 1" in message and "batch" in message and "--lr" in message
@@ -259,3 +262,96 @@ def test_ctrl_c_keeps_the_last_epoch_and_prints_the_resume_command(tiny_mnist, t
     command = stderr.strip().splitlines()[-1].split("resume with: ", 1)[1]
     assert command.endswith(f"--resume {os.path.join(out_dir, 'last.pt')}")
     assert "--seed 3" in command and "--batch-size 4" in command
+
+
+def test_sigterm_is_handled_as_ctrl_c(tiny_mnist, tmp_path):
+    out_dir = str(tmp_path / "run")
+    process = start_training(tiny_mnist, out_dir)
+    wait_for_epochs(out_dir, 1, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr and "SIGTERM" in stderr
+    epochs_done = len(open(os.path.join(out_dir, "history.csv")).read().strip().splitlines()) - 1
+    assert torch.load(os.path.join(out_dir, "last.pt"), weights_only=True)["epoch"] == epochs_done
+    assert stderr.strip().splitlines()[-1].endswith(f"--resume {os.path.join(out_dir, 'last.pt')}")
+
+
+def test_second_run_into_a_busy_folder_is_refused(tiny_mnist, tmp_path):
+    out_dir = str(tmp_path / "run")
+    first = start_training(tiny_mnist, out_dir, "--epochs", "40")
+    try:
+        wait_for_epochs(out_dir, 1, first)
+        second = run("train.py", "--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", "1",
+                     "--device", "cpu", "--overwrite")
+        assert_clean_failure(second, out_dir, f"pid {first.pid}")
+        assert "epoch" not in second.stdout.replace("epochs=", "")
+    finally:
+        first.kill()
+        first.wait()
+    # The lock went with the killed run: the folder can be continued at once.
+    result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", "1", "--device", "cpu",
+                 "--batch-size", "4", "--seed", "3", "--resume", os.path.join(out_dir, "last.pt"))
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_finished_run_is_not_overwritten_unless_asked(run_dir, tiny_mnist):
+    before = snapshot(run_dir)
+    result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "1", "--device", "cpu")
+    assert_clean_failure(result, run_dir, "history.csv", "--resume", "last.pt", "--overwrite", "--out-dir")
+    assert snapshot(run_dir) == before
+    result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "1", "--device", "cpu",
+                 "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert len(open(os.path.join(run_dir, "history.csv")).read().strip().splitlines()) == 2
+
+
+# Runs train.py with every fsync after the first `ok` failing as a full disk would.
+FULL_DISK = """
+import errno, os, sys
+sys.argv = ["train.py", *sys.argv[2:]]
+ok, real_fsync, calls = int({ok}), os.fsync, []
+def fsync(descriptor):
+    calls.append(descriptor)
+    if len(calls) > ok:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real_fsync(descriptor)
+os.fsync = fsync
+sys.path.insert(0, {here!r})
+import train
+sys.exit(train.main())
+"""
+
+
+@pytest.mark.parametrize("writes_before_full, epoch_kept", [(3, 1), (0, None)])
+def test_full_disk_ends_with_status_4_and_keeps_what_was_written(writes_before_full, epoch_kept, tiny_mnist,
+                                                                 tmp_path):
+    out_dir = str(tmp_path / "run")
+    script = FULL_DISK.format(ok=writes_before_full, here=HERE)
+    # Epoch 1 writes history.csv, best.pt and last.pt: three writes.
+    result = subprocess.run([sys.executable, "-c", script, "x", "--data-dir", tiny_mnist, "--out-dir", out_dir,
+                             "--epochs", "3", "--batch-size", "32", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=120, cwd=HERE)
+    assert_clean_failure(result, "history.csv", "No space left on device", status=4)
+    if epoch_kept is None:
+        assert "no epoch was saved" in result.stderr
+        assert not os.path.exists(os.path.join(out_dir, "last.pt"))
+    else:
+        assert f"holds epoch {epoch_kept}, resume with: " in result.stderr
+        for name in ("best.pt", "last.pt"):
+            assert torch.load(os.path.join(out_dir, name), weights_only=True)["epoch"] == epoch_kept
+    assert not [name for name in os.listdir(out_dir) if name.startswith(".") and name != ".lock"], "temp files left"
+
+
+def test_continuing_with_changed_flags_says_so_and_goes_on(run_dir, tiny_mnist):
+    result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "3", "--device", "cpu",
+                 "--batch-size", "16", "--resume", os.path.join(run_dir, "last.pt"))
+    assert result.returncode == 0, result.stderr
+    [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert "--batch-size (was 32)" in warning and "uninterrupted" in warning
+    assert "--lr" not in warning
+    assert load_checkpoint_epoch(os.path.join(run_dir, "last.pt")) == 3
+
+
+def load_checkpoint_epoch(path):
+    return torch.load(path, weights_only=True)["epoch"]

@@ -271,3 +271,19 @@ def test_freed_memory_is_kept_for_the_next_step():
     # The heap grows to the step's size in the first steps. Without the setting glibc
     # returns the blocks each time, and a step takes about 8,000 faults.
     assert statistics.median(faults_per_step) < 100
+
+
+def test_a_stage_stops_once_the_lr_falls_below_min_lr(tiny_mnist, tmp_path, capsys):
+    out_dir = str(tmp_path)
+    # Epoch 1 is always an improvement; no later one gains 90%, so with patience 0 epoch 2
+    # halves the lr to 5e-4, below --min-lr.
+    flags = ["--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", "5", "--batch-size", "32", "--lr", "1e-3",
+             "--plateau-patience", "0", "--plateau-threshold", "0.9", "--min-lr", "6e-4", *CPU]
+    assert train.main(flags) == 0
+    assert [row["epoch"] for row in history_rows(out_dir)] == ["1", "2"]
+    assert "stopped after epoch 2" in capsys.readouterr().out
+    assert train.main([*flags, "--resume", os.path.join(out_dir, "last.pt")]) == 0
+    assert "stopped after epoch 2" in capsys.readouterr().out
+    assert [row["epoch"] for row in history_rows(out_dir)] == ["1", "2"]
+    assert train.main([*flags[:-4], "--min-lr", "0", *CPU, "--resume", os.path.join(out_dir, "last.pt")]) == 0
+    assert [row["epoch"] for row in history_rows(out_dir)] == ["1", "2", "3", "4", "5"]

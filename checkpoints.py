@@ -1,0 +1,123 @@
+"""A run's files, written so that nothing finished is lost: one run per folder (an OS
+lock), no silent overwrite of another run, and checkpoints and history.csv written
+atomically, so that a crash, a kill or a full disk leaves the previous files whole.
+Checkpoints are read by model.load_checkpoint.
+"""
+
+import csv
+import io
+import os
+import tempfile
+
+import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so no guard against two runs in one folder
+    fcntl = None
+
+HISTORY_FIELDS = ["stage", "epoch", "train_loss", "test_loss", "lr", "seconds"]
+RUN_FILES = ["best.pt", "last.pt", "history.csv"]
+
+
+class FolderInUse(Exception):
+    """The out-dir is locked by another run, or holds another run; the message says what to do."""
+
+
+class CannotWrite(Exception):
+    """A checkpoint or the history could not be written; the message names the file and the reason."""
+
+
+def lock_out_dir(folder):
+    """Hold an OS lock on <folder>/.lock for as long as the returned file is open (at most
+    as long as this process lives), so that a second run into the same folder fails at
+    once; a killed run leaves no stale lock. record_pid names the holder once the run starts."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        lock = open(os.path.join(folder, ".lock"), "a+")
+    except OSError as error:
+        raise FolderInUse(f"--out-dir {folder}: cannot write there ({error.strerror or error})") from None
+    if fcntl is None:
+        return lock
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        raise FolderInUse(f"--out-dir {folder} is in use by another train.py run "
+                         f"(pid {lock.read().strip() or 'unknown'}); wait for it or pick another --out-dir") from None
+    return lock
+
+
+def record_pid(lock):
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+
+
+def refuse_overwrite(args):
+    """A run may write into a folder holding another run only to continue it, or when told --overwrite."""
+    present = [name for name in RUN_FILES if os.path.exists(os.path.join(args.out_dir, name))]
+    continues = args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(args.out_dir)
+    if present and not continues and not args.overwrite:
+        raise FolderInUse(f"--out-dir {args.out_dir} already holds a run ({', '.join(present)}): continue it with "
+                         f"--resume {os.path.join(args.out_dir, 'last.pt')}, replace it with --overwrite, "
+                         f"or pick another --out-dir")
+
+
+def atomic_write(path, content):
+    """Write bytes to a temp file beside `path`, flush them to disk, then move it over `path`
+    in one step: a crash or a full disk leaves the previous file whole."""
+    temporary = None
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                                 prefix=f".{os.path.basename(path)}.")
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise CannotWrite(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        if temporary and os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def save_checkpoint(path, checkpoint):
+    # Serialized in memory first, so that a full disk is an OSError, not a torch.save internal error.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def write_history(path, rows):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue().encode())
+
+
+def earlier_history(resume, stage, start_epoch):
+    """The rows of the run in --resume's folder that come before this run's first epoch.
+
+    They carry stage 1 into stage 2's history, and drop any row written after the
+    last checkpoint of an interrupted run.
+    """
+    path = os.path.join(os.path.dirname(resume or ""), "history.csv")
+    if not resume or not os.path.exists(path):
+        return []
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return [row for row in rows if (int(row["stage"]), int(row["epoch"])) < (stage, start_epoch)]
+
+
+def keep_starting_checkpoint(args, checkpoint):
+    """This stage will write best.pt and last.pt anew: keep the previous stage's file under its own name."""
+    resume, out_dir = os.path.abspath(args.resume), os.path.abspath(args.out_dir)
+    if os.path.dirname(resume) != out_dir or os.path.basename(resume) not in ("best.pt", "last.pt"):
+        return
+    kept = os.path.join(args.out_dir, f"stage{checkpoint.get('stage', 1)}_{os.path.basename(resume)}")
+    with open(resume, "rb") as file:
+        atomic_write(kept, file.read())
+    print(f"kept {args.resume} as {kept}")
