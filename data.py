@@ -18,9 +18,16 @@ import shutil
 
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from torchvision import datasets
+from torchvision.transforms.v2 import functional as TF
 
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
+# --dataset choices: torchvision's sets, or "images", a folder of your own pictures.
+DATASET_NAMES = [*DATASETS, "images"]
+TEST_FRACTION = 0.1  # of a folder of images without train/ and test/
+SPLIT_SEED = 0
+NO_LABEL = -1  # the label of an image that is not in a class subfolder
 IMAGE_SIZE = 28
 DISTORTION_SCALE = 0.4
 PERSPECTIVE_P = 0.5
@@ -73,6 +80,8 @@ def load_split(data_dir, train, dataset="mnist"):
     Downloads when the files are missing (torchvision's own download); raises DataError
     with a one-line fix when they are missing and cannot be downloaded, or are corrupt.
     """
+    if dataset == "images":
+        return image_folder_split(data_dir, train)
     folder = raw_folder(data_dir, dataset)
     try:
         decompress_gz_files(folder, raw_file_names(dataset))
@@ -101,6 +110,65 @@ def load_split(data_dir, train, dataset="mnist"):
             f"labels {tuple(labels.shape)}; delete them to download again"
         )
     return images, labels.long()
+
+
+def image_folder_split(root, train):
+    """One split of a folder of images: root/train/ and root/test/, or else a seeded
+    TEST_FRACTION of all the images in root goes to test. See read_image_folder."""
+    if not os.path.isdir(root):
+        raise DataError(f"--data-dir {root}: no such folder")
+    folders = [os.path.join(root, "train"), os.path.join(root, "test")]
+    if not all(os.path.isdir(folder) for folder in folders):
+        images, classes = read_image_folder(root)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        num_test = max(1, round(TEST_FRACTION * len(images)))
+        chosen = order[num_test:] if train else order[:num_test]
+        return images[chosen], class_labels(classes, classes)[chosen]
+    both = [read_image_folder(folder) for folder in folders]
+    images, classes = both[0] if train else both[1]
+    return images, class_labels(classes, both[0][1] + both[1][1])
+
+
+def class_labels(classes, all_classes):
+    """Labels 0, 1, ... in sorted order of the subfolder names; none (NO_LABEL) if any
+    image of the data set lies outside a subfolder."""
+    if None in all_classes:
+        return torch.full((len(classes),), NO_LABEL)
+    names = sorted(set(all_classes))
+    return torch.tensor([names.index(name) for name in classes])
+
+
+@functools.cache
+def read_image_folder(folder):
+    """Every image under `folder` as uint8 [N, 28, 28], like MNIST's, and each one's
+    subfolder name (None for an image in `folder` itself).
+
+    Any size, mode and format that Pillow reads, made one channel and 28x28 (torchvision's
+    antialiased resize). MNIST draws light digits on black: an image whose border is
+    light on average (dark ink on white paper) is inverted to match. Files that are not
+    images are skipped and counted; an unreadable or truncated image is a DataError.
+    """
+    paths = sorted(os.path.join(top, name) for top, _, names in os.walk(folder) for name in names)
+    images, classes, skipped = [], [], []
+    for path in paths:
+        try:
+            with Image.open(path) as picture:
+                gray = picture.convert("L")  # loads the whole file: a truncated one fails here
+        except UnidentifiedImageError:
+            skipped.append(os.path.relpath(path, folder))
+            continue
+        except OSError as error:
+            raise DataError(f"{path}: cannot read this image ({error})") from None
+        image = TF.resize(TF.pil_to_tensor(gray), [IMAGE_SIZE, IMAGE_SIZE], antialias=True)[0]
+        border = torch.cat([image[0], image[-1], image[:, 0], image[:, -1]])
+        images.append(255 - image if border.float().mean() > 127.5 else image)
+        parts = os.path.relpath(path, folder).split(os.sep)
+        classes.append(parts[0] if len(parts) > 1 else None)
+    if skipped:
+        print(f"{folder}: skipped {len(skipped)} files that are not images (e.g. {skipped[0]})")
+    if not images:
+        raise DataError(f"{folder}: no images found (PNG, JPEG, BMP, ... in it or its subfolders)")
+    return torch.stack(images), tuple(classes)
 
 
 def load_splits(data_dir, dataset, device, subset=None):

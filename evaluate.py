@@ -67,20 +67,26 @@ def knn_accuracy(train_codes, train_labels, test_codes, test_labels, k=KNN_NEIGH
     return correct / len(test_codes)
 
 
-def test_metrics(model, train_split, test_split):
-    """Every metric, in the order printed; test_mse comes last."""
+def is_labelled(*label_tensors):
+    return all(bool((labels != data.NO_LABEL).all()) for labels in label_tensors)
+
+
+def test_metrics(model, train_split, test_split, class_word="digit"):
+    """Every metric, in the order printed; test_mse comes last. Without labels (a folder
+    of images outside class subfolders) there is no kNN accuracy and no per-class MSE."""
     (train_images, train_labels), (test_images, test_labels) = train_split, test_split
     errors = per_image_mse(model, test_images)
     metrics = {
         "test_psnr": (10 * torch.log10(1 / errors.clamp_min(1e-12))).mean().item(),
         "test_mse_sum": errors.mean().item() * test_images[0].numel(),
         "warped_test_mse": per_image_mse(model, warped_copy(test_images)).mean().item(),
-        "knn_accuracy": knn_accuracy(latent_codes(model, train_images), train_labels,
-                                     latent_codes(model, test_images), test_labels),
     }
-    labels = test_labels.cpu()
-    for label in range(int(labels.max()) + 1):
-        metrics[f"test_mse_digit_{label}"] = errors[labels == label].mean().item()
+    if is_labelled(train_labels, test_labels):
+        metrics["knn_accuracy"] = knn_accuracy(latent_codes(model, train_images), train_labels,
+                                               latent_codes(model, test_images), test_labels)
+        labels = test_labels.cpu()
+        for label in labels.unique().tolist():
+            metrics[f"test_mse_{class_word}_{label}"] = errors[labels == label].mean().item()
     metrics["test_mse"] = errors.mean().item()
     return metrics
 
@@ -96,7 +102,11 @@ def report(checkpoint_path, data_dir, dataset, device_name, subset=None):
     except (CheckpointError, data.DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for name, value in test_metrics(fast.prepare_model(model), *splits).items():
+    if not is_labelled(splits[0][1], splits[1][1]):
+        print("no class labels (images outside class subfolders): knn_accuracy and the per-class MSE "
+              "are skipped", file=sys.stderr)
+    class_word = "class" if dataset == "images" else "digit"
+    for name, value in test_metrics(fast.prepare_model(model), *splits, class_word).items():
         print(f"{name}={value:.4f}" if name in COARSE_METRICS else f"{name}={value:.7f}")
     return 0
 
@@ -106,7 +116,7 @@ def parse_args(argv=None):
     parser.add_argument("checkpoint", help="a checkpoint of this project or the reference's best_model.pth")
     parser.add_argument("--data-dir", default="./data",
                         help="folder holding MNIST/raw/, downloaded there if missing (default: %(default)s)")
-    parser.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist", help="(default: %(default)s)")
+    parser.add_argument("--dataset", choices=data.DATASET_NAMES, default="mnist", help="(default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                         help="auto: cuda, then mps, then cpu (default: %(default)s)")
     return parser.parse_args(argv)

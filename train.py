@@ -101,7 +101,7 @@ def parse_args(argv=None):
     add("--resume", metavar="PATH", default=None, help="checkpoint to continue (same stage) or to start stage 2 from")
     add("--data-dir", default="./data",
         help="folder holding MNIST/raw/, downloaded there if missing (default: %(default)s)")
-    add("--dataset", choices=sorted(data.DATASETS), default="mnist", help="(default: %(default)s)")
+    add("--dataset", choices=data.DATASET_NAMES, default="mnist", help="(default: %(default)s)")
     add("--out-dir", default=".", help="where checkpoints and history.csv go (default: %(default)s)")
     add("--overwrite", action="store_true", help="start a new run in an --out-dir that holds another one")
     add("--seed", type=int, default=1, help="seeds the weights, shuffling and augmentation (default: %(default)s)")
@@ -363,6 +363,9 @@ def main(argv=None):
             model, checkpoint = load_checkpoint(args.resume, device)
         model = fast.prepare_model(model)
         train_split, test_split = data.load_splits(args.data_dir, args.dataset, device, args.subset)
+        if len(train_split[0]) < args.batch_size:
+            raise UsageError(f"{len(train_split[0])} training images, fewer than one batch "
+                             f"(--batch-size {args.batch_size}): add images or pass a smaller --batch-size")
         refuse_overwrite(args)
         return run_training(args, device, model, checkpoint, train_split[0], test_split[0], lock)
     except (UsageError, FolderInUse, CheckpointError, data.DataError) as error:

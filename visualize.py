@@ -31,7 +31,7 @@ from torchvision.utils import make_grid, save_image  # noqa: E402
 
 import data  # noqa: E402
 from model import CheckpointError, load_checkpoint  # noqa: E402
-from evaluate import latent_codes, per_image_mse  # noqa: E402
+from evaluate import is_labelled, latent_codes, per_image_mse  # noqa: E402
 
 NUM_RECONSTRUCTIONS = 32
 # Test-set indices of the digit pairs to morph: 7 -> 2, 1 -> 0, 4 -> 1.
@@ -44,14 +44,14 @@ SAMPLE_SEED = 0
 # Test-set indices of the four corner digits of the interpolation grid: 7, 2, 1, 0.
 GRID_CORNERS = (0, 1, 2, 3)
 GRID_SIDE = 10
-LABEL_NAMES = {"mnist": "digit", "fashion-mnist": "class"}
+LABEL_NAMES = {"mnist": "digit", "fashion-mnist": "class", "images": "class"}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="best.pt", help="model to draw (default: %(default)s)")
     parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw/ (default: %(default)s)")
-    parser.add_argument("--dataset", choices=sorted(data.DATASETS), default="mnist", help="test images to draw (default: %(default)s)")
+    parser.add_argument("--dataset", choices=data.DATASET_NAMES, default="mnist", help="test images to draw (default: %(default)s)")
     parser.add_argument("--out-dir", default="images", help="where the PNGs go (default: %(default)s)")
     parser.add_argument("--history", nargs="+", metavar="CSV", default=None,
                         help="history files to plot (default: history.csv beside the checkpoint)")
@@ -197,15 +197,21 @@ def main(argv=None):
     out = functools.partial(os.path.join, args.out_dir)
     draw_reconstructions(model, test_images[:NUM_RECONSTRUCTIONS], out("reconstructions.png"))
     for number, (first, second) in enumerate(HOMOTOPY_PAIRS, start=1):
-        draw_homotopy(model, test_images, first, second, out(f"homotopy_{number}.png"))
+        if second < len(test_images):
+            draw_homotopy(model, test_images, first, second, out(f"homotopy_{number}.png"))
     errors = per_image_mse(model, test_images)
     label_name = LABEL_NAMES[args.dataset]
-    draw_latent_pca(latent_codes(model, test_images), test_labels, out("latent_pca.png"), label_name)
-    draw_per_digit_error(errors, test_labels, out("per_digit_error.png"), label_name)
-    worst = errors.topk(NUM_WORST).indices.to(device)
+    if is_labelled(test_labels):
+        draw_latent_pca(latent_codes(model, test_images), test_labels, out("latent_pca.png"), label_name)
+        draw_per_digit_error(errors, test_labels, out("per_digit_error.png"), label_name)
+    else:
+        print("no class labels (images outside class subfolders): skipped latent_pca.png and "
+              "per_digit_error.png", file=sys.stderr)
+    worst = errors.topk(min(NUM_WORST, len(errors))).indices.to(device)
     draw_reconstructions(model, test_images[worst], out("worst.png"))
     draw_samples(model, latent_codes(model, train_images), out("samples.png"))
-    draw_interpolation_grid(model, test_images, out("interpolation_grid.png"))
+    if len(test_images) >= len(GRID_CORNERS):
+        draw_interpolation_grid(model, test_images, out("interpolation_grid.png"))
 
     history_paths = args.history or [os.path.join(os.path.dirname(args.checkpoint), "history.csv")]
     try:

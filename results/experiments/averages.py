@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 import data  # noqa: E402
+import fast  # noqa: E402
 import train  # noqa: E402
 from model import AutoEncoder  # noqa: E402
 
@@ -40,7 +41,7 @@ def main():
     args = parser.parse_args()
     defaults = train.parse_args([])
     torch.manual_seed(args.seed)
-    model = train.prepare_model(AutoEncoder())
+    model = fast.prepare_model(AutoEncoder())
     (train_images, _), (test_images, _) = [data.load_split(args.data_dir, train=split) for split in (True, False)]
     optimizer = train.make_optimizer(model, args.lr)
     generator = torch.Generator().manual_seed(args.seed)
@@ -51,8 +52,8 @@ def main():
         started = time.perf_counter()
         train.train_epoch(model, optimizer, train_images, defaults.batch_size, generator, bf16=True,
                           average=averages, first_step=(epoch - 1) * steps_per_epoch)
-        losses = [train.evaluate(average.model, test_images) for average in averages.averages]
-        losses.append(train.evaluate(model, test_images))
+        losses = [train.mean_test_mse(average.model, test_images) for average in averages.averages]
+        losses.append(train.mean_test_mse(model, test_images))
         print(",".join([str(epoch), *(f"{loss:.7f}" for loss in losses), f"{time.perf_counter() - started:.1f}"]),
               flush=True)
 
