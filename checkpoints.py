@@ -2,14 +2,23 @@
 lock), no silent overwrite of another run, and checkpoints and history.csv written
 atomically, so that a crash, a kill or a full disk leaves the previous files whole.
 Checkpoints are read by model.load_checkpoint.
+
+    python checkpoints.py results/mnist/best.pt results/mnist/autoencoder.pt
+
+writes a weights-only copy of a checkpoint to share: the model, its epoch, stage, test
+MSE and flags, without the optimizer state and training weights that --resume needs.
 """
 
+import argparse
 import csv
 import io
 import os
+import sys
 import tempfile
 
 import torch
+
+from model import CheckpointError, load_checkpoint
 
 try:
     import fcntl
@@ -17,6 +26,7 @@ except ImportError:  # Windows: no advisory locks, so no guard against two runs 
     fcntl = None
 
 HISTORY_FIELDS = ["stage", "epoch", "train_loss", "test_loss", "lr", "seconds"]
+SHARED_KEYS = ["model_state_dict", "epoch", "stage", "loss", "args"]
 RUN_FILES = ["best.pt", "last.pt", "history.csv"]
 
 
@@ -121,3 +131,22 @@ def keep_starting_checkpoint(args, checkpoint):
     with open(resume, "rb") as file:
         atomic_write(kept, file.read())
     print(f"kept {args.resume} as {kept}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write a weights-only copy of a checkpoint to share.")
+    parser.add_argument("checkpoint", help="a checkpoint of train.py, e.g. best.pt")
+    parser.add_argument("weights", help="the file to write, e.g. autoencoder.pt")
+    args = parser.parse_args(argv)
+    try:
+        _, checkpoint = load_checkpoint(args.checkpoint)
+        save_checkpoint(args.weights, {key: checkpoint[key] for key in SHARED_KEYS if key in checkpoint})
+    except (CheckpointError, CannotWrite) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.weights} ({os.path.getsize(args.weights):,} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

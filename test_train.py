@@ -181,8 +181,9 @@ def reference_style_checkpoint(path, numpy_module_name):
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(buffer, "w") as target:
         for item in source.infolist():
             content = source.read(item.filename)
-            if item.filename.endswith("data.pkl"):
-                content = content.replace(b"numpy._core.multiarray", numpy_module_name.encode())
+            if item.filename.endswith("data.pkl"):  # the name this numpy pickled under, made the one asked
+                content = content.replace(np.float64(0).__reduce__()[0].__module__.encode(),
+                                          numpy_module_name.encode())
             target.writestr(item, content)
     with open(path, "wb") as file:
         file.write(buffer.getvalue())
@@ -287,3 +288,21 @@ def test_a_stage_stops_once_the_lr_falls_below_min_lr(tiny_mnist, tmp_path, caps
     assert [row["epoch"] for row in history_rows(out_dir)] == ["1", "2"]
     assert train.main([*flags[:-4], "--min-lr", "0", *CPU, "--resume", os.path.join(out_dir, "last.pt")]) == 0
     assert [row["epoch"] for row in history_rows(out_dir)] == ["1", "2", "3", "4", "5"]
+
+
+def test_weights_only_copy_is_small_and_serves_every_script(trained_run, tiny_mnist, tmp_path):
+    import checkpoints
+
+    weights = str(tmp_path / "autoencoder.pt")
+    assert checkpoints.main([os.path.join(trained_run, "best.pt"), weights]) == 0
+    assert os.path.getsize(weights) < 1_000_000
+    model, checkpoint = load_checkpoint(weights)
+    assert set(checkpoint) == {"model_state_dict", "epoch", "stage", "loss", "args"}
+    best, _ = load_checkpoint(os.path.join(trained_run, "best.pt"))
+    for x, y in zip(model.state_dict().values(), best.state_dict().values()):
+        assert torch.equal(x, y)
+    out_dir = str(tmp_path / "stage2")
+    assert train.main(["--stage", "2", "--resume", weights, "--epochs", "1", "--data-dir", tiny_mnist,
+                       "--out-dir", out_dir, "--batch-size", "32", *CPU]) == 0
+    assert visualize.main(["--checkpoint", weights, "--data-dir", tiny_mnist,
+                           "--out-dir", str(tmp_path / "img")]) == 0
