@@ -1,9 +1,10 @@
 """Speed levers: what train.py applies only to go faster. Nothing here changes what is
 computed beyond rounding, and the project is correct with every lever off.
 
-Gains are whole epochs with evaluation against the same pipeline with that one lever
-off, from `python bench.py --levers`: stage 1 / stage 2 on a 2-core Xeon with AMX
-(results/bench_amx.txt) and on a 2-core AMD EPYC with AVX2 only (results/bench_avx2.txt).
+Each gain is how much faster whole epochs (training and evaluation) run with the lever
+than without it, stage 1 / stage 2, measured by `python bench.py --levers` on a 2-core
+Xeon with AMX, bf16 (results/bench_amx.txt) and on an AMD EPYC with AVX2 only, fp32, one
+thread (results/bench_avx2.txt); differences of about 5% are within those runs' noise.
 bench.py turns a lever off by naming it in the environment variable FAST_LEVERS_OFF.
 """
 
@@ -17,15 +18,15 @@ import torch.nn.functional as F
 
 LEVERS_OFF = set(os.environ.get("FAST_LEVERS_OFF", "").split(","))
 
-# AMX 11% / 17%, AVX2 see results/bench_avx2.txt: AdamW's fused kernel does one pass
-# over all parameters per step instead of a dozen small operations per tensor.
+# AMX 11% / 17%, AVX2 3% / 4%: AdamW's fused kernel does one pass over all parameters
+# per step instead of a dozen small operations per tensor.
 FUSED_OPTIMIZER = "fused_optimizer" not in LEVERS_OFF
 
 
 def keep_freed_memory():
     """Have the C library keep freed memory for reuse instead of returning it to the OS.
 
-    AMX 8% / 17%: glibc hands large freed blocks back to the OS, so every training step
+    AMX 8% / 17%, AVX2 14% / 5%: glibc hands large freed blocks back to the OS, so every step
     faults its activations in again page by page; PyTorch's CPU tuning guide swaps in
     jemalloc or TCMalloc for this, two mallopt settings need nothing installed.
     Returns False where there is no mallopt (macOS, Windows), which changes nothing there.
@@ -52,7 +53,7 @@ def cpu_has_native_bf16():
 def use_bf16(precision, device):
     """--precision auto: bf16 autocast where the device computes bf16 natively, else fp32.
 
-    AMX 34% / 27% (`--precision fp32` is the lever). Evaluation is always fp32.
+    AMX 34% / 27% (`--precision fp32` is the lever); AVX2 CPUs train in fp32. Evaluation is fp32.
     """
     if precision != "auto":
         return precision == "bf16"
@@ -93,8 +94,8 @@ class PointInputConvTranspose2d(nn.ConvTranspose2d):
 
 
 def with_matrix_product_layers(model):
-    """`model` with its two 1x1 layers computed as matrix products (AMX 16% / 22%).
-    The parameters and state_dict keys stay as they are."""
+    """`model` with its two 1x1 layers computed as matrix products (AMX 16% / 22%, AVX2
+    9% / 0%). The parameters and state_dict keys stay as they are."""
     for layers, index, fast_class in ((model.encoder, 3, WholeInputConv2d),
                                       (model.decoder, 1, PointInputConvTranspose2d)):
         layer = layers[index]
@@ -105,7 +106,8 @@ def with_matrix_product_layers(model):
 
 def prepare_model(model):
     """The model as it trains fastest: the matrix-product layers, and channels_last
-    (NHWC) memory, which oneDNN's CPU convolutions and GPUs run faster (AMX 31% / 36%)."""
+    (NHWC) memory, which oneDNN's CPU convolutions and GPUs run faster (AMX 31% / 36%,
+    AVX2 29% / 26%)."""
     if "matrix_layers" not in LEVERS_OFF:
         model = with_matrix_product_layers(model)
     if "channels_last" not in LEVERS_OFF:

@@ -249,32 +249,21 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_mnist, tmp_path):
     assert history_without_seconds(killed) == history_without_seconds(straight)
 
 
-def test_ctrl_c_keeps_the_last_epoch_and_prints_the_resume_command(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("signal_number, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_keep_the_last_epoch_and_print_the_resume_command(signal_number, status, tiny_mnist,
+                                                                           tmp_path):
     out_dir = str(tmp_path / "run")
     process = start_training(tiny_mnist, out_dir)
     wait_for_epochs(out_dir, 1, process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal_number)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr
+    assert process.returncode == status, stderr
+    assert "Traceback" not in stderr and signal.Signals(signal_number).name in stderr
     epochs_done = len(open(os.path.join(out_dir, "history.csv")).read().strip().splitlines()) - 1
     assert torch.load(os.path.join(out_dir, "last.pt"), weights_only=True)["epoch"] == epochs_done
     command = stderr.strip().splitlines()[-1].split("resume with: ", 1)[1]
     assert command.endswith(f"--resume {os.path.join(out_dir, 'last.pt')}")
     assert "--seed 3" in command and "--batch-size 4" in command
-
-
-def test_sigterm_is_handled_as_ctrl_c(tiny_mnist, tmp_path):
-    out_dir = str(tmp_path / "run")
-    process = start_training(tiny_mnist, out_dir)
-    wait_for_epochs(out_dir, 1, process)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143, stderr
-    assert "Traceback" not in stderr and "SIGTERM" in stderr
-    epochs_done = len(open(os.path.join(out_dir, "history.csv")).read().strip().splitlines()) - 1
-    assert torch.load(os.path.join(out_dir, "last.pt"), weights_only=True)["epoch"] == epochs_done
-    assert stderr.strip().splitlines()[-1].endswith(f"--resume {os.path.join(out_dir, 'last.pt')}")
 
 
 def test_second_run_into_a_busy_folder_is_refused(tiny_mnist, tmp_path):
@@ -303,6 +292,8 @@ def test_a_finished_run_is_not_overwritten_unless_asked(run_dir, tiny_mnist):
     result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "1", "--device", "cpu",
                  "--overwrite")
     assert result.returncode == 0, result.stderr
+    # Not on a terminal: no progress bar, one line for the epoch.
+    assert "\r" not in result.stderr + result.stdout and result.stdout.count("epoch   1/1") == 1
     assert len(open(os.path.join(run_dir, "history.csv")).read().strip().splitlines()) == 2
 
 
@@ -343,15 +334,14 @@ def test_full_disk_ends_with_status_4_and_keeps_what_was_written(writes_before_f
     assert not [name for name in os.listdir(out_dir) if name.startswith(".") and name != ".lock"], "temp files left"
 
 
-def test_continuing_with_changed_flags_says_so_and_goes_on(run_dir, tiny_mnist):
+def test_continuing_with_changed_flags_says_so_and_goes_on_with_them(run_dir, tiny_mnist):
     result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "3", "--device", "cpu",
-                 "--batch-size", "16", "--resume", os.path.join(run_dir, "last.pt"))
+                 "--batch-size", "16", "--lr", "0.001", "--resume", os.path.join(run_dir, "last.pt"))
     assert result.returncode == 0, result.stderr
     [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert "--batch-size (was 32)" in warning and "uninterrupted" in warning
-    assert "--lr" not in warning
-    assert load_checkpoint_epoch(os.path.join(run_dir, "last.pt")) == 3
-
-
-def load_checkpoint_epoch(path):
-    return torch.load(path, weights_only=True)["epoch"]
+    assert "--batch-size (was 32)" in warning and "--lr (was 0.005)" in warning and "uninterrupted" in warning
+    assert "--weight-decay" not in warning
+    checkpoint = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
+    assert checkpoint["epoch"] == 3 and checkpoint["args"]["batch_size"] == 16
+    last_row = open(os.path.join(run_dir, "history.csv")).read().strip().splitlines()[-1].split(",")
+    assert last_row[:2] == ["1", "3"] and float(last_row[4]) == pytest.approx(0.001)

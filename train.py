@@ -205,14 +205,24 @@ def mean_test_mse(model, images):
     return errors.mean().item()
 
 
-def warn_changed_flags(args, checkpoint):
-    """Continuing a run with other training flags goes on, but not as the uninterrupted run would."""
+def apply_changed_flags(args, checkpoint, optimizer, scheduler):
+    """Continuing a run with other training flags goes on with them (the saved optimizer and
+    scheduler state would keep the old lr, decay and plateau settings), but says that this
+    is not the run an uninterrupted one would give."""
     before = checkpoint.get("args", {})
-    changed = [f"--{name.replace('_', '-')} (was {before[name]})" for name in TRAINING_FLAGS
-               if name in before and before[name] != getattr(args, name)]
-    if changed:
-        print(f"warning: continuing {args.resume} with changed {', '.join(changed)}; this is not the "
-              f"run an uninterrupted one would give", file=sys.stderr)
+    changed = [name for name in TRAINING_FLAGS if name in before and before[name] != getattr(args, name)]
+    if not changed:
+        return
+    listed = ", ".join(f"--{name.replace('_', '-')} (was {before[name]})" for name in changed)
+    print(f"warning: continuing {args.resume} with changed {listed}; this is not the run an uninterrupted "
+          f"one would give", file=sys.stderr)
+    if "lr" in changed:
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr
+    if "weight_decay" in changed:
+        optimizer.param_groups[0]["weight_decay"] = args.weight_decay  # the kernels' group
+    for name in ("factor", "patience", "threshold"):
+        setattr(scheduler, name, getattr(args, f"plateau_{name}"))
 
 
 @contextlib.contextmanager
@@ -282,7 +292,7 @@ def run_training(args, device, model, checkpoint, train_images, test_images, loc
         generator.set_state(checkpoint["generator_state"].cpu())
         start_epoch, best_loss = checkpoint["epoch"] + 1, checkpoint["best_loss"]
         saved_epoch = checkpoint["epoch"] if os.path.exists(os.path.join(args.out_dir, "last.pt")) else None
-        warn_changed_flags(args, checkpoint)
+        apply_changed_flags(args, checkpoint, optimizer, scheduler)
         print(f"continuing stage {args.stage} from epoch {checkpoint['epoch']} of {args.resume}")
     elif checkpoint is not None:
         print(f"stage {args.stage}: starting from the weights of {args.resume}, fresh optimizer, lr {args.lr:g}")
