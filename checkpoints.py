@@ -28,6 +28,8 @@ except ImportError:  # Windows: no advisory locks, so no guard against two runs 
 HISTORY_FIELDS = ["stage", "epoch", "train_loss", "test_loss", "lr", "seconds"]
 SHARED_KEYS = ["model_state_dict", "epoch", "stage", "loss", "args"]
 RUN_FILES = ["best.pt", "last.pt", "history.csv"]
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # reading the umask means setting it; this puts it back
 
 
 class FolderInUse(Exception):
@@ -81,6 +83,7 @@ def atomic_write(path, content):
     try:
         descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                                                  prefix=f".{os.path.basename(path)}.")
+        os.chmod(temporary, 0o666 & ~UMASK)  # as open() would make it; mkstemp makes it private
         with os.fdopen(descriptor, "wb") as file:
             file.write(content)
             file.flush()

@@ -36,7 +36,7 @@ from model import AutoEncoder, CheckpointError, load_checkpoint
 
 STAGE_LR = {1: 5e-3, 2: 1e-3}
 WEIGHT_DECAY = 1e-2  # AdamW's, on the convolution kernels: a faster start (results/experiments/)
-MIN_LR = 1e-5  # below it stage 2 of the published run changed nothing (results/experiments/)
+MIN_LR = 1e-5  # the AMX run gained nothing in stage 2 once its lr was below this (results/experiments/)
 # On GPU, reading a loss back to the host stalls the pipeline; do it every few batches.
 GPU_SYNC_EVERY = 50
 EXIT_USAGE, EXIT_NON_FINITE, EXIT_CANNOT_WRITE = 2, 3, 4
