@@ -117,8 +117,10 @@ def earlier_history(resume, stage, start_epoch):
     They carry stage 1 into stage 2's history, and drop any row written after the
     last checkpoint of an interrupted run.
     """
-    path = os.path.join(os.path.dirname(resume or ""), "history.csv")
-    if not resume or not os.path.exists(path):
+    if not resume:
+        return []
+    path = os.path.join(os.path.dirname(resume), "history.csv")
+    if not os.path.exists(path):
         return []
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))

@@ -1,8 +1,8 @@
 """MNIST in memory, shuffled batches, and the stage-2 augmentation as batched tensor ops.
 
 Each split (of MNIST, Fashion-MNIST or a folder of your own images) is read once and
-kept as one uint8 tensor on the training device; a batch is an index into it, scaled to [0, 1] exactly as ToTensor
-does (no normalization: the reference's loss numbers depend on it).
+kept as one uint8 tensor on the training device; a batch is an index into it, scaled to
+[0, 1] exactly as ToTensor does (no normalization: the reference's loss numbers depend on it).
 
 The stage-2 augmentation is the reference's RandomPerspective(distortion_scale=0.4,
 p=0.5) followed by RandomRotation(degrees=(-10, 10)), with each sample's parameters

@@ -226,30 +226,26 @@ def apply_changed_flags(args, checkpoint, optimizer, scheduler):
 
 
 @contextlib.contextmanager
-def stop_signals_raise():
-    """Ctrl-C and SIGTERM (sent by `timeout`, job schedulers, Docker) raise Stopped in the loop."""
-    def stop(signal_number, _frame):
-        raise Stopped(signal_number)
-
-    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
+def stop_signals_handled_by(handler):
+    """Ctrl-C and SIGTERM (sent by `timeout`, job schedulers, Docker) go to `handler` in the block."""
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        for number, previous_handler in previous.items():
+            signal.signal(number, previous_handler)
+
+
+def raise_stopped(signal_number, _frame):
+    raise Stopped(signal_number)
 
 
 @contextlib.contextmanager
 def stop_signals_deferred():
     """Hold back Ctrl-C and SIGTERM until the block is done, so an epoch's files are written whole."""
     received = []
-    previous = {number: signal.signal(number, lambda number, _: received.append(number))
-                for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_signals_handled_by(lambda number, _frame: received.append(number)):
         yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
     if received:
         raise Stopped(received[0])
 
@@ -306,7 +302,7 @@ def run_training(args, device, model, checkpoint, train_images, test_images, loc
     record_pid(lock)
     epoch = start_epoch - 1
     try:
-        with stop_signals_raise():
+        with stop_signals_handled_by(raise_stopped):
             for epoch in range(start_epoch, args.epochs + 1):
                 lr = optimizer.param_groups[0]["lr"]
                 if lr < args.min_lr:
