@@ -91,7 +91,7 @@ def parse_args(argv=None):
         help="ReduceLROnPlateau: multiply the lr by this when the test loss stalls (default: %(default)s)")
     add("--plateau-patience", type=int, default=1,
         help="ReduceLROnPlateau: epochs without improvement before the lr drops (default: %(default)s)")
-    add("--plateau-threshold", type=float, default=1e-4,
+    add("--plateau-threshold", type=float, default=1e-3,
         help="ReduceLROnPlateau: relative gain below which an epoch counts as no improvement (default: %(default)s)")
     add("--weight-decay", type=float, default=WEIGHT_DECAY,
         help="AdamW decay of the convolution kernels; 0 is plain Adam (default: %(default)s)")
