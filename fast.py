@@ -4,7 +4,7 @@ computed beyond rounding, and the project is correct with every lever off.
 Each gain is how much faster whole epochs (training and evaluation) run with the lever
 than without it, stage 1 / stage 2, measured by `python bench.py --levers` on a 2-core
 Xeon with AMX, bf16 (results/bench_amx.txt) and on an AMD EPYC with AVX2 only, fp32, one
-thread (results/bench_avx2.txt); differences of about 5% are within those runs' noise.
+thread (results/bench_avx2_levers.txt); differences of about 5% are within those runs' noise.
 bench.py turns a lever off by naming it in the environment variable FAST_LEVERS_OFF.
 """
 
