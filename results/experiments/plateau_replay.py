@@ -5,26 +5,28 @@ leaves stage 1 as it was.
 
     python results/experiments/plateau_replay.py results/mnist-amx/history.csv
 
-The run's factor 0.5, patience 1 and eps 1e-8 are assumed (train.py's defaults).
+PyTorch's own scheduler is fed the run's test MSE, with train.py's default factor and
+patience.
 """
 
 import csv
 import sys
 
+import torch
+
 THRESHOLDS = [1e-4, 5e-4, 1e-3, 2e-3, 5e-3]
-FACTOR, PATIENCE, EPS = 0.5, 1, 1e-8  # EPS: ReduceLROnPlateau skips smaller changes
+FACTOR, PATIENCE = 0.5, 1
 
 
 def first_other_lr(rows, threshold):
     """The first epoch whose lr this threshold would have set differently, or None."""
-    best, bad_epochs, lr = float("inf"), 0, float(rows[0]["lr"])
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=float(rows[0]["lr"]))
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=FACTOR, patience=PATIENCE,
+                                                           threshold=threshold)
     for row in rows:
-        if abs(lr / float(row["lr"]) - 1) > 1e-3:  # the history rounds lr to 4 digits
+        if abs(optimizer.param_groups[0]["lr"] / float(row["lr"]) - 1) > 1e-3:  # history rounds lr to 4 digits
             return int(row["epoch"])
-        loss = float(row["test_loss"])
-        best, bad_epochs = (loss, 0) if loss < best * (1 - threshold) else (best, bad_epochs + 1)
-        if bad_epochs > PATIENCE:
-            lr, bad_epochs = (lr * FACTOR if lr * (1 - FACTOR) > EPS else lr), 0
+        scheduler.step(float(row["test_loss"]))
     return None
 
 
