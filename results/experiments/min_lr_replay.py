@@ -14,7 +14,8 @@ MIN_LRS = [1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 1e-7]
 
 
 def main(path, stage="2"):
-    rows = [row for row in csv.DictReader(open(path, newline="")) if row["stage"] == stage]
+    with open(path, newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["stage"] == stage]
     best_of_all = min(float(row["test_loss"]) for row in rows)
     print(f"stage {stage}: {len(rows)} epochs, best test MSE {best_of_all:.7f}")
     print("min_lr,epochs_run,best_test_mse,vs_all_epochs")

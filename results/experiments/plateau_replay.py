@@ -10,19 +10,23 @@ patience.
 """
 
 import csv
+import os
 import sys
 
 import torch
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import train  # noqa: E402
+
 THRESHOLDS = [1e-4, 5e-4, 1e-3, 2e-3, 5e-3]
-FACTOR, PATIENCE = 0.5, 1
+DEFAULTS = train.parse_args([])
 
 
 def first_other_lr(rows, threshold):
     """The first epoch whose lr this threshold would have set differently, or None."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=float(rows[0]["lr"]))
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=FACTOR, patience=PATIENCE,
-                                                           threshold=threshold)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=DEFAULTS.plateau_factor,
+                                                           patience=DEFAULTS.plateau_patience, threshold=threshold)
     for row in rows:
         if abs(optimizer.param_groups[0]["lr"] / float(row["lr"]) - 1) > 1e-3:  # history rounds lr to 4 digits
             return int(row["epoch"])
@@ -31,7 +35,8 @@ def first_other_lr(rows, threshold):
 
 
 def main(path):
-    rows = list(csv.DictReader(open(path, newline="")))
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
     print(path)
     print("stage,epochs,threshold,first_epoch_with_another_lr")
     for stage in ("1", "2"):
