@@ -15,7 +15,6 @@ lever (fast.py) changed at a time.
 """
 
 import argparse
-import csv
 import multiprocessing
 import os
 import statistics
@@ -32,6 +31,7 @@ from torchvision import datasets, transforms
 
 import data
 import fast
+from checkpoints import read_history
 from model import AutoEncoder
 
 PLAIN_BATCH_SIZE = 64
@@ -44,7 +44,6 @@ LEVERS = {
     "with nn's convolutions for the 1x1 layers": ([], "matrix_layers"),
     "with glibc's default allocator settings": ([], "keep_freed_memory"),
     "without the weight average (EMA)": (["--ema-decay", "0"], ""),
-    "with torch.compile": (["--compile"], ""),
 }
 
 
@@ -125,8 +124,7 @@ class TrainPy:
         self.resume = start_checkpoint
         self.command = [sys.executable, os.path.join(HERE, "train.py"), "--stage", str(stage),
                         "--data-dir", args.data_dir, "--out-dir", folder, "--batch-size", str(args.batch_size),
-                        "--device", args.device, *(["--subset", str(args.subset)] if args.subset else []),
-                        *(["--compile"] if args.compile else []), *flags]
+                        "--device", args.device, *(["--subset", str(args.subset)] if args.subset else []), *flags]
         self.environment = {**os.environ, "FAST_LEVERS_OFF": levers_off}
 
     def epoch_seconds(self):
@@ -135,9 +133,8 @@ class TrainPy:
         subprocess.run([*self.command, "--epochs", str(self.epochs), *resume], env=self.environment,
                        check=True, stdout=subprocess.DEVNULL)
         self.resume = os.path.join(self.folder, "last.pt")
-        with open(os.path.join(self.folder, "history.csv"), newline="") as file:
-            [row] = [row for row in csv.DictReader(file)
-                     if (int(row["stage"]), int(row["epoch"])) == (self.stage, self.epochs)]
+        [row] = [row for row in read_history(os.path.join(self.folder, "history.csv"))
+                 if (int(row["stage"]), int(row["epoch"])) == (self.stage, self.epochs)]
         return float(row["seconds"])
 
     def close(self):
@@ -159,7 +156,7 @@ def images_per_second(pipelines, num_images, rounds):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw/ (default: %(default)s)")
+    data.add_arguments(parser, dataset=False)
     parser.add_argument("--stages", type=int, nargs="+", choices=[1, 2], default=[1, 2],
                         help="stages to time (default: 1 2)")
     parser.add_argument("--rounds", type=int, default=3,
@@ -167,9 +164,6 @@ def parse_args(argv=None):
     parser.add_argument("--subset", type=int, default=None, help="first N images only")
     parser.add_argument("--batch-size", type=int, default=64,
                         help=f"train.py's batch size; the plain loop's stays {PLAIN_BATCH_SIZE} (default: %(default)s)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                        help="auto: cuda, then mps, then cpu (default: %(default)s)")
-    parser.add_argument("--compile", action="store_true", help="train.py --compile")
     parser.add_argument("--levers", action="store_true",
                         help="also time train.py with one speed lever changed at a time")
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """A run's files, written so that nothing finished is lost: one run per folder (an OS
 lock), no silent overwrite of another run, and checkpoints and history.csv written
-atomically, so that a crash, a kill or a full disk leaves the previous files whole.
+atomically, so that a crash, a kill or a full disk leaves the previous files whole;
+Ctrl-C and SIGTERM become an exception that waits until the files are written.
 Checkpoints are read by model.load_checkpoint.
 
     python checkpoints.py results/mnist/best.pt results/mnist/autoencoder.pt
@@ -10,14 +11,17 @@ MSE and flags, without the optimizer state and training weights that --resume ne
 """
 
 import argparse
+import contextlib
 import csv
 import io
 import os
+import signal
 import sys
 import tempfile
 
 import torch
 
+import data
 from model import CheckpointError, load_checkpoint
 
 try:
@@ -38,6 +42,39 @@ class FolderInUse(Exception):
 
 class CannotWrite(Exception):
     """A checkpoint or the history could not be written; the message names the file and the reason."""
+
+
+class Stopped(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM arrived; `signal_number` says which."""
+
+    def __init__(self, signal_number):
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal_number = signal_number
+
+
+@contextlib.contextmanager
+def stop_signals_handled_by(handler):
+    """Ctrl-C and SIGTERM (sent by `timeout`, job schedulers, Docker) go to `handler` in the block."""
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, previous_handler in previous.items():
+            signal.signal(number, previous_handler)
+
+
+def raise_stopped(signal_number, _frame):
+    raise Stopped(signal_number)
+
+
+@contextlib.contextmanager
+def stop_signals_deferred():
+    """Hold back Ctrl-C and SIGTERM until the block is done, so an epoch's files are written whole."""
+    received = []
+    with stop_signals_handled_by(lambda number, _frame: received.append(number)):
+        yield
+    if received:
+        raise Stopped(received[0])
 
 
 def lock_out_dir(folder):
@@ -111,6 +148,12 @@ def write_history(path, rows):
     atomic_write(path, text.getvalue().encode())
 
 
+def read_history(path):
+    """The rows of a history.csv, each a dict of HISTORY_FIELDS to strings."""
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
 def earlier_history(resume, stage, start_epoch):
     """The rows of the run in --resume's folder that come before this run's first epoch.
 
@@ -122,9 +165,7 @@ def earlier_history(resume, stage, start_epoch):
     path = os.path.join(os.path.dirname(resume), "history.csv")
     if not os.path.exists(path):
         return []
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
-    return [row for row in rows if (int(row["stage"]), int(row["epoch"])) < (stage, start_epoch)]
+    return [row for row in read_history(path) if (int(row["stage"]), int(row["epoch"])) < (stage, start_epoch)]
 
 
 def keep_starting_checkpoint(args, checkpoint):
@@ -147,8 +188,7 @@ def main(argv=None):
         _, checkpoint = load_checkpoint(args.checkpoint)
         save_checkpoint(args.weights, {key: checkpoint[key] for key in SHARED_KEYS if key in checkpoint})
     except (CheckpointError, CannotWrite) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return data.fail(error)
     print(f"wrote {args.weights} ({os.path.getsize(args.weights):,} bytes)")
     return 0
 

@@ -1,7 +1,8 @@
 """Shared pytest fixtures: a tiny synthetic MNIST written as real IDX files.
 
 The tests run the project's real code path (torchvision's MNIST reader included) on it,
-so they need neither the internet nor ../shared.
+so they need neither the internet nor ../shared. Tests marked `slow` (real MNIST, the
+shipped weights, bench.py) run only with --run-slow, as .ci/run does.
 """
 
 import os
@@ -12,6 +13,23 @@ import torch
 
 NUM_TRAIN, NUM_TEST = 320, 120
 IDX_UBYTE = 0x08
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run the tests marked slow")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs of a minute or so; run with --run-slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def write_idx(path, array):

@@ -15,6 +15,7 @@ import gzip
 import math
 import os
 import shutil
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +23,14 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import datasets
 from torchvision.transforms.v2 import functional as TF
 
+from model import first_line
+
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
 # --dataset choices: torchvision's sets, or "images", a folder of your own pictures.
 DATASET_NAMES = [*DATASETS, "images"]
+# What one class of each data set is called in metric names and picture labels.
+CLASS_WORDS = {"mnist": "digit", "fashion-mnist": "class", "images": "class"}
+EXIT_USAGE = 2  # every script's exit status for a mistake in its flags or input files
 TEST_FRACTION = 0.1  # of a folder of images without train/ and test/
 SPLIT_SEED = 0
 NO_LABEL = -1  # the label of an image that is not in a class subfolder
@@ -36,6 +42,23 @@ MAX_ROTATION_DEGREES = 10.0
 
 class DataError(Exception):
     """Data (or a device) that cannot be used; the message says what to do."""
+
+
+def add_arguments(parser, dataset=True):
+    """The flags every script shares: --data-dir, --dataset (unless dataset=False) and --device."""
+    parser.add_argument("--data-dir", default="./data",
+                        help="folder holding MNIST/raw/, downloaded there if missing (default: %(default)s)")
+    if dataset:
+        parser.add_argument("--dataset", choices=DATASET_NAMES, default="mnist",
+                            help="mnist, fashion-mnist or images, a folder of your own (default: %(default)s)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                        help="auto: cuda, then mps, then cpu (default: %(default)s)")
+
+
+def fail(error, status=EXIT_USAGE):
+    """Every script's way out on bad input: one line on stderr, then the exit status to return."""
+    print(f"error: {error}", file=sys.stderr)
+    return status
 
 
 def choose_device(name):
@@ -178,11 +201,6 @@ def load_splits(data_dir, dataset, device, subset=None):
         images, labels = load_split(data_dir, train=train, dataset=dataset)
         splits.append((images[:subset].to(device), labels[:subset].to(device)))
     return splits
-
-
-def first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def to_float(images_uint8):

@@ -100,13 +100,11 @@ def report(checkpoint_path, data_dir, dataset, device_name, subset=None):
         model, _ = load_checkpoint(checkpoint_path, device)
         splits = data.load_splits(data_dir, dataset, device, subset)
     except (CheckpointError, data.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return data.fail(error)
     if not is_labelled(splits[0][1], splits[1][1]):
         print("no class labels (images outside class subfolders): knn_accuracy and the per-class MSE "
               "are skipped", file=sys.stderr)
-    class_word = "class" if dataset == "images" else "digit"
-    for name, value in test_metrics(fast.prepare_model(model), *splits, class_word).items():
+    for name, value in test_metrics(fast.prepare_model(model), *splits, data.CLASS_WORDS[dataset]).items():
         print(f"{name}={value:.4f}" if name in COARSE_METRICS else f"{name}={value:.7f}")
     return 0
 
@@ -114,11 +112,7 @@ def report(checkpoint_path, data_dir, dataset, device_name, subset=None):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint of this project or the reference's best_model.pth")
-    parser.add_argument("--data-dir", default="./data",
-                        help="folder holding MNIST/raw/, downloaded there if missing (default: %(default)s)")
-    parser.add_argument("--dataset", choices=data.DATASET_NAMES, default="mnist", help="(default: %(default)s)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                        help="auto: cuda, then mps, then cpu (default: %(default)s)")
+    data.add_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -115,15 +115,18 @@ def load_checkpoint(path, device="cpu"):
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(
-            f"{path}: not a loadable PyTorch checkpoint ({reason[:200]})"
-        ) from None
+        raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint ({first_line(error)[:200]})") from None
     if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: has no 'model_state_dict'; is it a checkpoint of this project?")
     model = AutoEncoder().to(device)
     load_model_weights(model, checkpoint["model_state_dict"], path)
     return model, checkpoint
+
+
+def first_line(error):
+    """An exception's message cut to one line (its type's name where it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_model_weights(model, state_dict, path):

@@ -1,8 +1,6 @@
 """--dataset images: a folder of your own pictures, trained, evaluated and drawn."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +12,6 @@ import train
 import visualize
 from conftest import synthetic_digits
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = [(28, 28), (40, 40), (64, 48)]
 
 
@@ -39,11 +36,6 @@ def image_folder(tmp_path_factory):
                      mode="RGB" if index % 5 == 0 else "L")
     (root / "train" / "notes.txt").write_text("not a picture")
     return str(root)
-
-
-def run(script, *args):
-    return subprocess.run([sys.executable, os.path.join(HERE, script), *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=HERE)
 
 
 def test_a_folder_loads_like_mnist(image_folder):
@@ -92,20 +84,20 @@ def test_train_evaluate_and_visualize_on_a_folder(image_folder, tmp_path, capsys
     assert {"reconstructions.png", "latent_pca.png", "per_digit_error.png", "curves.png"} <= set(os.listdir(pictures))
 
 
-def test_without_labels_the_class_metrics_are_skipped_with_a_message(tmp_path):
+def test_without_labels_the_class_metrics_are_skipped_with_a_message(tmp_path, capsys):
     digits, _ = synthetic_digits(40, seed=7)
     folder = tmp_path / "flat"
     folder.mkdir()
     for index, digit in enumerate(digits):
         save_picture(folder / f"{index}.png", digit, (32, 32))
-    out_dir = tmp_path / "run"
-    result = run("train.py", "--dataset", "images", "--data-dir", folder, "--out-dir", out_dir, "--epochs", "1",
-                 "--batch-size", "8", "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    result = run("evaluate.py", out_dir / "best.pt", "--dataset", "images", "--data-dir", folder, "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    assert "knn_accuracy" not in result.stdout and result.stdout.strip().splitlines()[-1].startswith("test_mse=")
-    assert "no class labels" in result.stderr
+    out_dir = str(tmp_path / "run")
+    common = ["--dataset", "images", "--data-dir", str(folder), "--device", "cpu"]
+    assert train.main([*common, "--out-dir", out_dir, "--epochs", "1", "--batch-size", "8"]) == 0
+    capsys.readouterr()
+    assert evaluate.main([os.path.join(out_dir, "best.pt"), *common]) == 0
+    out, err = capsys.readouterr()
+    assert "knn_accuracy" not in out and out.strip().splitlines()[-1].startswith("test_mse=")
+    assert "no class labels" in err
 
 
 def truncated_folder(root):
@@ -122,7 +114,7 @@ def truncated_folder(root):
     ("truncated", ["7.png"]),
     ("too few", ["fewer than one batch", "--batch-size"]),
 ])
-def test_bad_folders_end_with_one_line_and_status_2(case, words, tmp_path):
+def test_bad_folders_end_with_one_line_and_status_2(case, words, tmp_path, capsys):
     folder = tmp_path / ("nowhere" if case == "missing" else "pictures")
     if case == "empty":
         folder.mkdir()
@@ -135,11 +127,9 @@ def test_bad_folders_end_with_one_line_and_status_2(case, words, tmp_path):
         for index, digit in enumerate(synthetic_digits(20, seed=9)[0]):
             save_picture(folder / f"{index}.png", digit, (28, 28))
     out_dir = tmp_path / "run"
-    result = run("train.py", "--dataset", "images", "--data-dir", folder, "--out-dir", out_dir, "--epochs", "1",
-                 "--device", "cpu")
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    [line] = result.stderr.strip().splitlines()
+    assert train.main(["--dataset", "images", "--data-dir", str(folder), "--out-dir", str(out_dir), "--epochs", "1",
+                       "--device", "cpu"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
     for word in words:
         assert word in line, line
     assert not [name for name in os.listdir(out_dir) if name != ".lock"] if os.path.exists(out_dir) else True

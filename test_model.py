@@ -59,12 +59,6 @@ def test_layer_table_matches_reference():
     assert layer_table(AutoEncoder()) == REFERENCE_TABLE
 
 
-def test_parameter_count():
-    model = AutoEncoder()
-    assert sum(p.numel() for p in model.parameters()) == 194_499
-    assert all(p.requires_grad for p in model.parameters())
-
-
 def test_state_dict_layout_matches_reference_checkpoint():
     state = AutoEncoder().state_dict()
     assert [(name, str(tuple(t.shape))) for name, t in state.items()] == reference_keys()
@@ -75,7 +69,6 @@ def test_forward_shapes_and_latent():
     reconstruction, latent = model(torch.rand(5, 1, 28, 28))
     assert reconstruction.shape == (5, 1, 28, 28)
     assert latent.shape == (5, 128)
-    assert isinstance(model.encoder, torch.nn.Sequential) and isinstance(model.decoder, torch.nn.Sequential)
     assert torch.equal(model.decoder(latent), reconstruction)
 
 

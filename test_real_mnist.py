@@ -1,6 +1,7 @@
-"""End-to-end runs on a slice of the real MNIST; they run when MNIST_DATA_DIR names its root.
+"""End-to-end runs on a slice of the real MNIST; they run with --run-slow when MNIST_DATA_DIR
+names its root.
 
-    MNIST_DATA_DIR=../shared/data python -m pytest -q test_real_mnist.py
+    MNIST_DATA_DIR=../shared/data python -m pytest -q --run-slow test_real_mnist.py
 """
 
 import csv
@@ -13,7 +14,8 @@ import train
 import visualize
 
 DATA_DIR = os.environ.get("MNIST_DATA_DIR")
-pytestmark = pytest.mark.skipif(not DATA_DIR, reason="set MNIST_DATA_DIR to the folder holding MNIST/raw/")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not DATA_DIR, reason="set MNIST_DATA_DIR to the folder holding MNIST/raw/")]
 SUBSET = "10000"
 
 

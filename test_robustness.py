@@ -1,28 +1,48 @@
-"""Crashes, interrupts and bad input, run from the command line as a user would.
+"""Crashes, interrupts and bad input, as a user meets them.
 
 Each bad input must end with exit status 2, one line on stderr that names the file or
-flag, no traceback, and every checkpoint left as it was.
+flag, and every checkpoint left as it was. Most cases call a script's main(argv) in
+this process (an exception would fail the test); signals, kill -9 and the folder lock
+are tested on real processes, since the process boundary is what they are about.
 """
 
+import collections
+import errno
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
 
+import checkpoints
 import train
+import visualize
 from conftest import write_idx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+Result = collections.namedtuple("Result", "returncode stdout stderr")
 
 
-def run(script, *args, timeout=120):
-    return subprocess.run([sys.executable, os.path.join(HERE, script), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, cwd=HERE)
+@pytest.fixture
+def cli(capsys):
+    """Call a script's main() with string arguments, as its command line would; returns a Result."""
+
+    def call(script, *args):
+        capsys.readouterr()
+        try:
+            status = script.main([str(arg) for arg in args])
+        except SystemExit as exit:  # argparse's way out
+            status = exit.code
+        out, err = capsys.readouterr()
+        return Result(status, out, err)
+
+    return call
 
 
 def snapshot(folder):
@@ -73,22 +93,23 @@ def bad_checkpoints(folder, good_checkpoint):
     torch.save({"epoch": 3, "loss": 0.1}, no_weights)
     paths["no model_state_dict"] = (no_weights, "model_state_dict")
     paths["missing"] = (os.path.join(folder, "nowhere.pt"), "nowhere.pt")
+    paths["a folder"] = (folder, folder)
     return paths
 
 
-def test_bad_resume_files_fail_cleanly(run_dir, tiny_mnist, tmp_path):
+def test_bad_resume_files_fail_cleanly(run_dir, tiny_mnist, tmp_path, cli):
     before = snapshot(run_dir)
     for name, (path, word) in bad_checkpoints(str(tmp_path), os.path.join(run_dir, "best.pt")).items():
-        result = run("train.py", "--resume", path, "--data-dir", tiny_mnist, "--out-dir", run_dir,
-                     "--epochs", "1", "--device", "cpu")
+        result = cli(train, "--resume", path, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "1",
+                     "--device", "cpu")
         assert_clean_failure(result, word)
     assert snapshot(run_dir) == before
 
 
-def test_resume_with_another_weight_decay_fails_cleanly(run_dir, tiny_mnist):
+def test_resume_with_another_weight_decay_fails_cleanly(run_dir, tiny_mnist, cli):
     other = "0" if train.parse_args([]).weight_decay else "0.01"
     before = snapshot(run_dir)
-    result = run("train.py", "--resume", os.path.join(run_dir, "last.pt"), "--weight-decay", other,
+    result = cli(train, "--resume", os.path.join(run_dir, "last.pt"), "--weight-decay", other,
                  "--batch-size", "32", "--epochs", "3", "--data-dir", tiny_mnist, "--out-dir", run_dir,
                  "--device", "cpu")
     assert_clean_failure(result, "last.pt", "--weight-decay")
@@ -105,16 +126,18 @@ class RunsCode:
         return (open, (self.marker, "w"))
 
 
-def test_checkpoint_that_runs_code_is_refused(run_dir, tiny_mnist, tmp_path):
+def test_checkpoint_that_runs_code_is_refused(run_dir, tiny_mnist, tmp_path, cli):
     marker = str(tmp_path / "code-ran")
     evil = str(tmp_path / "evil.pt")
     torch.save({"model_state_dict": RunsCode(marker)}, evil)
     assert not os.path.exists(marker)
     before = snapshot(run_dir)
-    result = run("train.py", "--resume", evil, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--device", "cpu")
+    result = cli(train, "--resume", evil, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--device", "cpu")
     assert_clean_failure(result, "evil.pt")
     assert not os.path.exists(marker)
-    result = run("visualize.py", "--checkpoint", evil, "--data-dir", tiny_mnist, "--out-dir", tmp_path / "img")
+    result = cli(visualize, "--checkpoint", evil, "--data-dir", tiny_mnist, "--out-dir", tmp_path / "img")
+    assert_clean_failure(result, "evil.pt")
+    result = cli(checkpoints, evil, tmp_path / "copy.pt")
     assert_clean_failure(result, "evil.pt")
     assert not os.path.exists(marker)
     assert snapshot(run_dir) == before
@@ -126,15 +149,19 @@ def test_checkpoint_that_runs_code_is_refused(run_dir, tiny_mnist, tmp_path):
     (["--batch-size", "0"], "--batch-size"),
     (["--lr", "0"], "--lr"),
     (["--lr", "-0.1"], "--lr"),
+    (["--lr", "5e-6"], "--min-lr"),
     (["--weight-decay", "-0.01"], "--weight-decay"),
+    (["--plateau-patience", "-1"], "--plateau-patience"),
+    (["--plateau-threshold", "-0.1"], "--plateau-threshold"),
+    (["--plateau-factor", "1.5"], "--plateau-factor"),
+    (["--ema-decay", "1"], "--ema-decay"),
 ])
-def test_nonsense_flags_are_refused(flags, word, run_dir, tiny_mnist):
-    before = snapshot(run_dir)
-    result = run("train.py", *flags, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--device", "cpu")
+def test_nonsense_flags_are_refused_before_anything_is_written(flags, word, tiny_mnist, tmp_path, cli):
+    out_dir = tmp_path / "run"
+    result = cli(train, *flags, "--data-dir", tiny_mnist, "--out-dir", out_dir, "--device", "cpu")
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr
     assert word in result.stderr.strip().splitlines()[-1]
-    assert snapshot(run_dir) == before
+    assert not out_dir.exists()
 
 
 def corrupt_copy(tiny_mnist, tmp_path, damage):
@@ -162,51 +189,52 @@ def wrong_shape(path):
 
 
 @pytest.mark.parametrize("damage", [truncate, wrong_magic, wrong_shape])
-def test_corrupt_mnist_files_fail_cleanly(damage, tiny_mnist, run_dir, tmp_path):
+def test_corrupt_mnist_files_fail_cleanly(damage, tiny_mnist, run_dir, tmp_path, cli):
     broken = corrupt_copy(tiny_mnist, tmp_path, damage)
     before = snapshot(run_dir)
-    result = run("train.py", "--data-dir", broken, "--out-dir", run_dir, "--epochs", "1", "--device", "cpu")
+    result = cli(train, "--data-dir", broken, "--out-dir", run_dir, "--epochs", "1", "--device", "cpu")
     assert_clean_failure(result, os.path.join(broken, "MNIST", "raw"), "corrupt")
     assert snapshot(run_dir) == before
 
 
-def test_missing_data_says_where_the_files_go(tmp_path):
-    result = run("train.py", "--data-dir", tmp_path / "nothing", "--out-dir", tmp_path / "out",
-                 "--epochs", "1", "--device", "cpu")
-    assert_clean_failure(result, os.path.join(str(tmp_path / "nothing"), "MNIST", "raw"), "--data-dir")
+def test_missing_data_that_cannot_be_downloaded_says_where_the_files_go(tmp_path, monkeypatch, cli):
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    result = cli(train, "--data-dir", tmp_path / "nothing", "--out-dir", tmp_path / "out", "--epochs", "1",
+                 "--device", "cpu")
+    assert_clean_failure(result, os.path.join(str(tmp_path / "nothing"), "MNIST", "raw"), "--data-dir",
+                         "could not be downloaded")
 
 
-def test_unwritable_out_dir_fails_before_training(tiny_mnist, tmp_path):
+def test_unwritable_out_dir_fails_before_training(tiny_mnist, tmp_path, cli):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", blocker / "out", "--epochs", "1",
-                 "--device", "cpu")
+    result = cli(train, "--data-dir", tiny_mnist, "--out-dir", blocker / "out", "--epochs", "1", "--device", "cpu")
     assert_clean_failure(result, "--out-dir")
     assert "epoch" not in result.stdout.replace("epochs=", "")
 
 
-def test_non_finite_loss_stops_with_status_3(run_dir, tiny_mnist):
+def test_non_finite_loss_stops_with_status_3(run_dir, tiny_mnist, cli):
     before = snapshot(run_dir)
     # Even told to overwrite, a run that fails in its first epoch leaves the old run whole.
-    result = run("train.py", "--lr", "1e6", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "3",
+    result = cli(train, "--lr", "1e6", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "3",
                  "--device", "cpu", "--overwrite")
-    assert result.returncode == 3, result.stderr
-    message = result.stderr.strip().splitlines()[-1]
-    assert "epoch 1" in message and "batch" in message and "--lr" in message
-    assert "Traceback" not in result.stderr
+    assert_clean_failure(result, "epoch 1", "training batch", "--lr", status=3)
     assert snapshot(run_dir) == before
 
 
-def test_visualize_without_checkpoint_fails_cleanly(tiny_mnist, tmp_path):
-    result = run("visualize.py", "--checkpoint", tmp_path / "none.pt", "--data-dir", tiny_mnist,
+def test_visualize_without_checkpoint_fails_cleanly(tiny_mnist, tmp_path, cli):
+    result = cli(visualize, "--checkpoint", tmp_path / "none.pt", "--data-dir", tiny_mnist,
                  "--out-dir", tmp_path / "img")
     assert_clean_failure(result, "none.pt")
 
 
-def test_visualize_without_history_skips_only_the_curves(run_dir, tiny_mnist, tmp_path):
+def test_visualize_without_history_skips_only_the_curves(run_dir, tiny_mnist, tmp_path, cli):
     os.remove(os.path.join(run_dir, "history.csv"))
     out_dir = tmp_path / "img"
-    result = run("visualize.py", "--checkpoint", os.path.join(run_dir, "best.pt"), "--data-dir", tiny_mnist,
+    result = cli(visualize, "--checkpoint", os.path.join(run_dir, "best.pt"), "--data-dir", tiny_mnist,
                  "--out-dir", out_dir)
     assert result.returncode == 0, result.stderr
     assert "skipped curves.png" in result.stderr and "history.csv" in result.stderr
@@ -214,10 +242,84 @@ def test_visualize_without_history_skips_only_the_curves(run_dir, tiny_mnist, tm
     assert not os.path.exists(out_dir / "curves.png")
 
 
+def test_a_finished_run_is_not_overwritten_unless_asked(run_dir, tiny_mnist, cli):
+    before = snapshot(run_dir)
+    result = cli(train, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "1", "--device", "cpu")
+    assert_clean_failure(result, run_dir, "history.csv", "--resume", "last.pt", "--overwrite", "--out-dir")
+    assert snapshot(run_dir) == before
+    result = cli(train, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "1", "--device", "cpu",
+                 "--overwrite")
+    assert result.returncode == 0, result.stderr
+    # Not on a terminal: no progress bar, one line for the epoch.
+    assert "\r" not in result.stderr + result.stdout and result.stdout.count("epoch   1/1") == 1
+    assert len(open(os.path.join(run_dir, "history.csv")).read().strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("writes_before_full, epoch_kept", [(3, 1), (0, None)])
+def test_full_disk_ends_with_status_4_and_keeps_what_was_written(writes_before_full, epoch_kept, tiny_mnist,
+                                                                 tmp_path, monkeypatch, cli):
+    out_dir = str(tmp_path / "run")
+    real_fsync, calls = os.fsync, []
+
+    def fsync(descriptor):  # every fsync after the first `writes_before_full` fails as a full disk would
+        calls.append(descriptor)
+        if len(calls) > writes_before_full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    # Epoch 1 writes history.csv, best.pt and last.pt: three writes.
+    result = cli(train, "--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", "3", "--batch-size", "32",
+                 "--device", "cpu")
+    assert_clean_failure(result, "history.csv", "No space left on device", status=4)
+    if epoch_kept is None:
+        assert "no epoch was saved" in result.stderr
+        assert not os.path.exists(os.path.join(out_dir, "last.pt"))
+    else:
+        assert f"holds epoch {epoch_kept}, resume with: " in result.stderr
+        # The command is main()'s own argv, not this process's sys.argv (pytest's).
+        assert result.stderr.strip().endswith(f"--batch-size 32 --device cpu --resume {out_dir}/last.pt")
+        for name in ("best.pt", "last.pt"):
+            assert torch.load(os.path.join(out_dir, name), weights_only=True)["epoch"] == epoch_kept
+    assert not [name for name in os.listdir(out_dir) if name.startswith(".") and name != ".lock"], "temp files left"
+
+
+def test_continuing_with_changed_flags_says_so_and_goes_on_with_them(run_dir, tiny_mnist, cli):
+    result = cli(train, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "3", "--device", "cpu",
+                 "--batch-size", "16", "--lr", "0.001", "--resume", os.path.join(run_dir, "last.pt"))
+    assert result.returncode == 0, result.stderr
+    [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert "--batch-size (was 32)" in warning and "--lr (was 0.005)" in warning and "uninterrupted" in warning
+    assert "--weight-decay" not in warning
+    checkpoint = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
+    assert checkpoint["epoch"] == 3 and checkpoint["args"]["batch_size"] == 16
+    last_row = open(os.path.join(run_dir, "history.csv")).read().strip().splitlines()[-1].split(",")
+    assert last_row[:2] == ["1", "3"] and float(last_row[4]) == pytest.approx(0.001)
+
+
+def test_a_run_stopped_after_resuming_from_best_pt_says_what_last_pt_holds(run_dir, tiny_mnist, monkeypatch, cli):
+    # best.pt and last.pt both hold epoch 2 here; make last.pt an epoch the resumed run never saw.
+    last = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
+    torch.save({**last, "epoch": 7}, os.path.join(run_dir, "last.pt"))
+
+    def interrupted(*args):
+        raise checkpoints.Stopped(signal.SIGINT)
+
+    monkeypatch.setattr(train, "train_epoch", interrupted)
+    result = cli(train, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "4", "--device", "cpu",
+                 "--batch-size", "32", "--resume", os.path.join(run_dir, "best.pt"))
+    assert result.returncode == 130
+    assert "no epoch was saved; run the same command again" in result.stderr and "epoch 2" not in result.stderr
+
+
 def start_training(tiny_mnist, out_dir, *extra):
-    command = [sys.executable, os.path.join(HERE, "train.py"), "--data-dir", tiny_mnist, "--out-dir", out_dir,
-               "--epochs", "5", "--batch-size", "4", "--seed", "3", "--device", "cpu", *extra]
+    command = [sys.executable, os.path.join(HERE, "train.py"), *training_flags(tiny_mnist, out_dir), *extra]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
+
+
+def training_flags(tiny_mnist, out_dir, epochs=4):
+    return ["--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", str(epochs), "--batch-size", "4",
+            "--seed", "3", "--device", "cpu"]
 
 
 def wait_for_epochs(out_dir, count, process, limit=120):
@@ -236,27 +338,36 @@ def history_without_seconds(out_dir):
     return [line.rsplit(",", 1)[0] for line in lines]
 
 
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_mnist, tmp_path):
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_mnist, tmp_path, cli):
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    assert start_training(tiny_mnist, straight).wait(timeout=300) == 0
     process = start_training(tiny_mnist, killed)
     wait_for_epochs(killed, 2, process)
     process.kill()
     process.wait()
     torch.load(os.path.join(killed, "last.pt"), weights_only=True)
-    resumed = start_training(tiny_mnist, killed, "--resume", os.path.join(killed, "last.pt"))
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert cli(train, *training_flags(tiny_mnist, straight)).returncode == 0
+    # The lock went with the killed process: its folder can be continued at once.
+    result = cli(train, *training_flags(tiny_mnist, killed), "--resume", os.path.join(killed, "last.pt"))
+    assert result.returncode == 0, result.stderr
     assert history_without_seconds(killed) == history_without_seconds(straight)
 
 
 @pytest.mark.parametrize("signal_number, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_and_sigterm_keep_the_last_epoch_and_print_the_resume_command(signal_number, status, tiny_mnist,
-                                                                           tmp_path):
+def test_a_run_holds_its_folder_and_keeps_the_last_epoch_when_stopped(signal_number, status, tiny_mnist,
+                                                                      tmp_path, cli):
     out_dir = str(tmp_path / "run")
-    process = start_training(tiny_mnist, out_dir)
-    wait_for_epochs(out_dir, 1, process)
-    process.send_signal(signal_number)
-    _, stderr = process.communicate(timeout=60)
+    process = start_training(tiny_mnist, out_dir, "--epochs", "40")
+    try:
+        wait_for_epochs(out_dir, 1, process)
+        second = cli(train, "--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", "1", "--device", "cpu",
+                     "--overwrite")
+        assert_clean_failure(second, out_dir, f"pid {process.pid}")
+        assert "epoch" not in second.stdout.replace("epochs=", "")
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
     assert process.returncode == status, stderr
     assert "Traceback" not in stderr and signal.Signals(signal_number).name in stderr
     epochs_done = len(open(os.path.join(out_dir, "history.csv")).read().strip().splitlines()) - 1
@@ -264,84 +375,6 @@ def test_ctrl_c_and_sigterm_keep_the_last_epoch_and_print_the_resume_command(sig
     command = stderr.strip().splitlines()[-1].split("resume with: ", 1)[1]
     assert command.endswith(f"--resume {os.path.join(out_dir, 'last.pt')}")
     assert "--seed 3" in command and "--batch-size 4" in command
-
-
-def test_second_run_into_a_busy_folder_is_refused(tiny_mnist, tmp_path):
-    out_dir = str(tmp_path / "run")
-    first = start_training(tiny_mnist, out_dir, "--epochs", "40")
-    try:
-        wait_for_epochs(out_dir, 1, first)
-        second = run("train.py", "--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", "1",
-                     "--device", "cpu", "--overwrite")
-        assert_clean_failure(second, out_dir, f"pid {first.pid}")
-        assert "epoch" not in second.stdout.replace("epochs=", "")
-    finally:
-        first.kill()
-        first.wait()
-    # The lock went with the killed run: the folder can be continued at once.
-    result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", "1", "--device", "cpu",
-                 "--batch-size", "4", "--seed", "3", "--resume", os.path.join(out_dir, "last.pt"))
+    result = cli(train, *command.split()[2:-2], "--epochs", str(epochs_done + 1),
+                 "--resume", os.path.join(out_dir, "last.pt"))
     assert result.returncode == 0, result.stderr
-
-
-def test_a_finished_run_is_not_overwritten_unless_asked(run_dir, tiny_mnist):
-    before = snapshot(run_dir)
-    result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "1", "--device", "cpu")
-    assert_clean_failure(result, run_dir, "history.csv", "--resume", "last.pt", "--overwrite", "--out-dir")
-    assert snapshot(run_dir) == before
-    result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "1", "--device", "cpu",
-                 "--overwrite")
-    assert result.returncode == 0, result.stderr
-    # Not on a terminal: no progress bar, one line for the epoch.
-    assert "\r" not in result.stderr + result.stdout and result.stdout.count("epoch   1/1") == 1
-    assert len(open(os.path.join(run_dir, "history.csv")).read().strip().splitlines()) == 2
-
-
-# Runs train.py with every fsync after the first `ok` failing as a full disk would.
-FULL_DISK = """
-import errno, os, sys
-sys.argv = ["train.py", *sys.argv[2:]]
-ok, real_fsync, calls = int({ok}), os.fsync, []
-def fsync(descriptor):
-    calls.append(descriptor)
-    if len(calls) > ok:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    real_fsync(descriptor)
-os.fsync = fsync
-sys.path.insert(0, {here!r})
-import train
-sys.exit(train.main())
-"""
-
-
-@pytest.mark.parametrize("writes_before_full, epoch_kept", [(3, 1), (0, None)])
-def test_full_disk_ends_with_status_4_and_keeps_what_was_written(writes_before_full, epoch_kept, tiny_mnist,
-                                                                 tmp_path):
-    out_dir = str(tmp_path / "run")
-    script = FULL_DISK.format(ok=writes_before_full, here=HERE)
-    # Epoch 1 writes history.csv, best.pt and last.pt: three writes.
-    result = subprocess.run([sys.executable, "-c", script, "x", "--data-dir", tiny_mnist, "--out-dir", out_dir,
-                             "--epochs", "3", "--batch-size", "32", "--device", "cpu"],
-                            capture_output=True, text=True, timeout=120, cwd=HERE)
-    assert_clean_failure(result, "history.csv", "No space left on device", status=4)
-    if epoch_kept is None:
-        assert "no epoch was saved" in result.stderr
-        assert not os.path.exists(os.path.join(out_dir, "last.pt"))
-    else:
-        assert f"holds epoch {epoch_kept}, resume with: " in result.stderr
-        for name in ("best.pt", "last.pt"):
-            assert torch.load(os.path.join(out_dir, name), weights_only=True)["epoch"] == epoch_kept
-    assert not [name for name in os.listdir(out_dir) if name.startswith(".") and name != ".lock"], "temp files left"
-
-
-def test_continuing_with_changed_flags_says_so_and_goes_on_with_them(run_dir, tiny_mnist):
-    result = run("train.py", "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "3", "--device", "cpu",
-                 "--batch-size", "16", "--lr", "0.001", "--resume", os.path.join(run_dir, "last.pt"))
-    assert result.returncode == 0, result.stderr
-    [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert "--batch-size (was 32)" in warning and "--lr (was 0.005)" in warning and "uninterrupted" in warning
-    assert "--weight-decay" not in warning
-    checkpoint = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
-    assert checkpoint["epoch"] == 3 and checkpoint["args"]["batch_size"] == 16
-    last_row = open(os.path.join(run_dir, "history.csv")).read().strip().splitlines()[-1].split(",")
-    assert last_row[:2] == ["1", "3"] and float(last_row[4]) == pytest.approx(0.001)

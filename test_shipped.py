@@ -30,6 +30,7 @@ def test_readme_snippet_runs_as_written(tiny_mnist, tmp_path, monkeypatch):
     assert len(readme_snippet().strip().splitlines()) <= 10
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DATA_DIR, reason="set MNIST_DATA_DIR to the folder holding MNIST/raw/")
 def test_shipped_mnist_weights_give_the_published_test_mse(capsys):
     published = re.search(r"`results/mnist/autoencoder\.pt` holds .*?test\s+MSE (0\.\d{7})", README, re.DOTALL).group(1)

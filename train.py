@@ -14,12 +14,11 @@ ends early once ReduceLROnPlateau has brought the lr below --min-lr.
 """
 
 import argparse
-import contextlib
 import copy
+import dataclasses
 import math
 import os
 import shlex
-import signal
 import sys
 import time
 
@@ -30,16 +29,17 @@ from tqdm import tqdm
 import data
 import evaluate
 import fast
-from checkpoints import (CannotWrite, FolderInUse, earlier_history, keep_starting_checkpoint, lock_out_dir,
-                         record_pid, refuse_overwrite, save_checkpoint, write_history)
+from checkpoints import (CannotWrite, FolderInUse, Stopped, earlier_history, keep_starting_checkpoint, lock_out_dir,
+                         raise_stopped, record_pid, refuse_overwrite, save_checkpoint, stop_signals_deferred,
+                         stop_signals_handled_by, write_history)
 from model import AutoEncoder, CheckpointError, load_checkpoint
 
 STAGE_LR = {1: 5e-3, 2: 1e-3}
 WEIGHT_DECAY = 1e-2  # AdamW's, on the convolution kernels: a faster start (results/experiments/)
 MIN_LR = 1e-5  # the AMX run gained nothing in stage 2 once its lr was below this (results/experiments/)
-# On GPU, reading a loss back to the host stalls the pipeline; do it every few batches.
-GPU_SYNC_EVERY = 50
-EXIT_USAGE, EXIT_NON_FINITE, EXIT_CANNOT_WRITE = 2, 3, 4
+# Reading a loss back to the host makes the CPU wait for a GPU; the losses are checked every few batches.
+LOSS_CHECK_EVERY = 50
+EXIT_NON_FINITE, EXIT_CANNOT_WRITE = 3, 4  # and data.EXIT_USAGE, 2, for bad flags or files
 # Flags whose change makes a continued run differ from an uninterrupted one.
 TRAINING_FLAGS = ["batch_size", "lr", "weight_decay", "ema_decay", "precision", "dataset", "subset",
                   "plateau_factor", "plateau_patience", "plateau_threshold"]
@@ -55,14 +55,6 @@ class UsageError(Exception):
 
 class NonFiniteLoss(Exception):
     """The loss became inf or NaN; the message names the batch, e.g. 'training batch 12'."""
-
-
-class Stopped(Exception):
-    """SIGINT (Ctrl-C) or SIGTERM arrived; `signal_number` says which."""
-
-    def __init__(self, signal_number):
-        super().__init__(signal.Signals(signal_number).name)
-        self.signal_number = signal_number
 
 
 def positive(kind):
@@ -99,27 +91,26 @@ def parse_args(argv=None):
         help="decay of the moving average of the weights that is evaluated and saved; 0 turns it off "
              "(default: %(default)s)")
     add("--resume", metavar="PATH", default=None, help="checkpoint to continue (same stage) or to start stage 2 from")
-    add("--data-dir", default="./data",
-        help="folder holding MNIST/raw/, downloaded there if missing (default: %(default)s)")
-    add("--dataset", choices=data.DATASET_NAMES, default="mnist", help="(default: %(default)s)")
+    data.add_arguments(parser)
     add("--out-dir", default=".", help="where checkpoints and history.csv go (default: %(default)s)")
     add("--overwrite", action="store_true", help="start a new run in an --out-dir that holds another one")
     add("--seed", type=int, default=1, help="seeds the weights, shuffling and augmentation (default: %(default)s)")
-    add("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-        help="auto: cuda, then mps, then cpu (default: %(default)s)")
     add("--eval-only", action="store_true", help="print the test metrics of --resume and exit")
     add("--subset", type=positive(int), default=None, help="use only the first N training and test images")
     add("--precision", choices=["auto", "bf16", "fp32"], default="auto",
         help="training arithmetic; auto: bf16 where the device computes it natively, else fp32. "
              "Evaluation is always fp32 (default: %(default)s)")
-    add("--compile", action="store_true", help="torch.compile the model")
     args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = STAGE_LR[args.stage]
     if not 0 <= args.ema_decay < 1:
         parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
-    if args.weight_decay < 0 or args.min_lr < 0:
-        parser.error(f"--weight-decay and --min-lr must be >= 0, got {args.weight_decay}, {args.min_lr}")
+    for name in ("weight_decay", "min_lr", "plateau_patience", "plateau_threshold"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.lr < args.min_lr:
+        parser.error(f"--lr {args.lr:g} is below --min-lr {args.min_lr:g}, so the stage would end before its "
+                     f"first epoch: raise --lr or lower --min-lr")
     if args.plateau_factor >= 1:
         parser.error(f"--plateau-factor must be < 1, got {args.plateau_factor}")
     if args.stage == 2 and not args.resume:
@@ -165,44 +156,57 @@ class WeightAverage:
             mine.copy_(theirs)
 
 
-def train_epoch(model, optimizer, images, batch_size, generator, augment=False, bf16=False,
-                average=None, first_step=0, description="train"):
-    """One pass over `images` in a shuffled order; returns the mean training loss."""
-    model.train()
-    sync_every = 1 if images.device.type == "cpu" else GPU_SYNC_EVERY
-    num_batches = math.ceil(len(images) / batch_size)
-    batch_losses = torch.zeros(num_batches, device=images.device)
-    # A bar only on a terminal: a log file gets just the line per epoch that the loop prints.
-    progress = tqdm(data.shuffled_batches(images, batch_size, generator), total=num_batches, desc=description,
-                    leave=False, dynamic_ncols=True, mininterval=0.5, disable=not sys.stderr.isatty())
-    checked = 0
-    for index, batch in enumerate(progress):
-        if augment:
-            batch = data.augment(batch, generator)
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-            reconstruction, _ = model(batch)
-        loss = F.mse_loss(reconstruction.float(), batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if average is not None:
-            average.update(first_step + index)
-        batch_losses[index] = loss.detach()
-        if (index + 1) % sync_every == 0 or index + 1 == num_batches:
-            recent = batch_losses[checked : index + 1]
-            if not torch.isfinite(recent).all():
-                raise NonFiniteLoss(f"training batch {checked + int((~torch.isfinite(recent)).nonzero()[0]) + 1}")
-            checked = index + 1
-            progress.set_postfix(loss=f"{batch_losses[:checked].mean().item():.5f}", refresh=False)
-    return batch_losses.mean().item()
+@dataclasses.dataclass
+class Run:
+    """What training changes, and what a checkpoint holds so that --resume continues it exactly."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    generator: torch.Generator
+    average: WeightAverage | None
+    bf16: bool
+    best_loss: float = math.inf
+
+    @property
+    def evaluated(self):
+        """The model that is evaluated and saved: the weight average, where there is one."""
+        return self.average.model if self.average is not None else self.model
 
 
-def mean_test_mse(model, images):
-    """Test MSE, the mean over every pixel of every image."""
-    errors = evaluate.per_image_mse(model, images)
-    if not torch.isfinite(errors).all():
-        raise NonFiniteLoss(f"test image {int((~torch.isfinite(errors)).nonzero()[0]) + 1}")
-    return errors.mean().item()
+def new_run(args, model, device):
+    optimizer = make_optimizer(model, args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=args.plateau_factor, patience=args.plateau_patience,
+        threshold=args.plateau_threshold,
+    )
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    average = WeightAverage(model, args.ema_decay, warmup=args.stage == 1) if args.ema_decay > 0 else None
+    return Run(model, optimizer, scheduler, generator, average, fast.use_bf16(args.precision, device))
+
+
+def start(run, args, checkpoint):
+    """Load what --resume holds into `run`: all of it to continue the same stage, the weights
+    alone to start stage 2 from stage 1. Returns the first epoch to train."""
+    if checkpoint is None:
+        return 1
+    if checkpoint.get("stage") != args.stage or not all(key in checkpoint for key in RESUME_KEYS):
+        print(f"stage {args.stage}: starting from the weights of {args.resume}, fresh optimizer, lr {args.lr:g}")
+        keep_starting_checkpoint(args, checkpoint)
+        return 1
+    run.model.load_state_dict(checkpoint["train_model_state_dict"])
+    try:
+        run.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+    except ValueError:  # Adam has one parameter group, AdamW with its decay two
+        trained_with = checkpoint.get("args", {}).get("weight_decay", 0.0)
+        raise UsageError(f"{args.resume} was trained with --weight-decay {trained_with}; "
+                         f"continue it with the flags it was trained with") from None
+    run.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+    run.generator.set_state(checkpoint["generator_state"].cpu())
+    run.best_loss = checkpoint["best_loss"]
+    apply_changed_flags(args, checkpoint, run.optimizer, run.scheduler)
+    print(f"continuing stage {args.stage} from epoch {checkpoint['epoch']} of {args.resume}")
+    return checkpoint["epoch"] + 1
 
 
 def apply_changed_flags(args, checkpoint, optimizer, scheduler):
@@ -225,135 +229,125 @@ def apply_changed_flags(args, checkpoint, optimizer, scheduler):
         setattr(scheduler, name, getattr(args, f"plateau_{name}"))
 
 
-@contextlib.contextmanager
-def stop_signals_handled_by(handler):
-    """Ctrl-C and SIGTERM (sent by `timeout`, job schedulers, Docker) go to `handler` in the block."""
-    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, previous_handler in previous.items():
-            signal.signal(number, previous_handler)
+def check_finite(values, first_number, what):
+    """Raise NonFiniteLoss naming the first inf or NaN of `values`, numbered from `first_number`."""
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        raise NonFiniteLoss(f"{what} {first_number + int(bad.nonzero()[0])}")
 
 
-def raise_stopped(signal_number, _frame):
-    raise Stopped(signal_number)
+def train_epoch(run, images, args, epoch):
+    """One pass over `images` in a shuffled order; returns the mean training loss."""
+    run.model.train()
+    num_batches = math.ceil(len(images) / args.batch_size)
+    batch_losses = torch.zeros(num_batches, device=images.device)
+    # A bar only on a terminal: a log file gets just the line per epoch that the loop prints.
+    shown = sys.stderr.isatty()
+    progress = tqdm(data.shuffled_batches(images, args.batch_size, run.generator), total=num_batches,
+                    desc=f"stage {args.stage} epoch {epoch}/{args.epochs}", leave=False, dynamic_ncols=True,
+                    mininterval=0.5, disable=not shown)
+    checked = 0
+    for index, batch in enumerate(progress):
+        if args.stage == 2:
+            batch = data.augment(batch, run.generator)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+            reconstruction, _ = run.model(batch)
+        loss = F.mse_loss(reconstruction.float(), batch)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        if run.average is not None:
+            run.average.update((epoch - 1) * num_batches + index)
+        batch_losses[index] = loss.detach()
+        if (index + 1) % LOSS_CHECK_EVERY == 0 or index + 1 == num_batches:
+            check_finite(batch_losses[checked : index + 1], checked + 1, "training batch")
+            checked = index + 1
+            if shown:
+                progress.set_postfix(loss=f"{batch_losses[:checked].mean().item():.5f}", refresh=False)
+    return batch_losses.mean().item()
 
 
-@contextlib.contextmanager
-def stop_signals_deferred():
-    """Hold back Ctrl-C and SIGTERM until the block is done, so an epoch's files are written whole."""
-    received = []
-    with stop_signals_handled_by(lambda number, _frame: received.append(number)):
-        yield
-    if received:
-        raise Stopped(received[0])
+def mean_test_mse(model, images):
+    """Test MSE, the mean over every pixel of every image."""
+    errors = evaluate.per_image_mse(model, images)
+    check_finite(errors, 1, "test image")
+    return errors.mean().item()
 
 
-def resume_command(out_dir):
-    """The command line that continues this run from <out-dir>/last.pt."""
-    argv, skip = [], False
-    for word in sys.argv[1:]:
+def save_epoch(args, run, epoch, test_loss, improved, history):
+    """Write history.csv, best.pt when the test loss improved, and last.pt.
+
+    This order keeps the files consistent after a kill at any point: a resume from
+    last.pt drops later history rows and redoes the epoch identically.
+    """
+    checkpoint = {"epoch": epoch, "model_state_dict": run.evaluated.state_dict(),
+                  "optimizer_state_dict": run.optimizer.state_dict(),
+                  "scheduler_state_dict": run.scheduler.state_dict(), "loss": test_loss,
+                  "stage": args.stage, "args": vars(args), "train_model_state_dict": run.model.state_dict(),
+                  "generator_state": run.generator.get_state(), "best_loss": run.best_loss}
+    write_history(os.path.join(args.out_dir, "history.csv"), history)
+    if improved:
+        save_checkpoint(os.path.join(args.out_dir, "best.pt"), checkpoint)
+    save_checkpoint(os.path.join(args.out_dir, "last.pt"), checkpoint)
+
+
+def resume_command(argv, out_dir):
+    """The command line `argv` with its --resume replaced by <out-dir>/last.pt."""
+    words, skip = [], False
+    for word in argv:
         if skip:
             skip = False
         elif word == "--resume":
             skip = True
         elif not word.startswith("--resume="):
-            argv.append(word)
-    return shlex.join(["python", "train.py", *argv, "--resume", os.path.join(out_dir, "last.pt")])
+            words.append(word)
+    return shlex.join(["python", "train.py", *words, "--resume", os.path.join(out_dir, "last.pt")])
 
 
-def run_training(args, device, model, checkpoint, train_images, test_images, lock):
-    continuing = (checkpoint is not None and checkpoint.get("stage") == args.stage
-                  and all(key in checkpoint for key in RESUME_KEYS))
-    optimizer = make_optimizer(model, args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=args.plateau_factor, patience=args.plateau_patience,
-        threshold=args.plateau_threshold,
-    )
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    average = WeightAverage(model, args.ema_decay, warmup=args.stage == 1) if args.ema_decay > 0 else None
-    if args.compile:
-        model.compile()
-    start_epoch, best_loss, saved_epoch = 1, math.inf, None
-    if continuing:
-        model.load_state_dict(checkpoint["train_model_state_dict"])
-        try:
-            optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-        except ValueError:  # Adam has one parameter group, AdamW with its decay two
-            trained_with = checkpoint.get("args", {}).get("weight_decay", 0.0)
-            raise UsageError(f"{args.resume} was trained with --weight-decay {trained_with}; "
-                             f"continue it with the flags it was trained with") from None
-        scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-        generator.set_state(checkpoint["generator_state"].cpu())
-        start_epoch, best_loss = checkpoint["epoch"] + 1, checkpoint["best_loss"]
-        saved_epoch = checkpoint["epoch"] if os.path.exists(os.path.join(args.out_dir, "last.pt")) else None
-        apply_changed_flags(args, checkpoint, optimizer, scheduler)
-        print(f"continuing stage {args.stage} from epoch {checkpoint['epoch']} of {args.resume}")
-    elif checkpoint is not None:
-        print(f"stage {args.stage}: starting from the weights of {args.resume}, fresh optimizer, lr {args.lr:g}")
-        keep_starting_checkpoint(args, checkpoint)
+def run_training(args, argv, run, start_epoch, train_images, test_images):
+    """The epochs of one stage; returns the exit status."""
     history = earlier_history(args.resume, args.stage, start_epoch)
-    evaluated = average.model if average is not None else model
-    bf16 = fast.use_bf16(args.precision, device)
-    batches_per_epoch = math.ceil(len(train_images) / args.batch_size)
-    print(f"training arithmetic: {'bf16 autocast' if bf16 else 'fp32'}")
-
-    record_pid(lock)
-    epoch = start_epoch - 1
+    print(f"training arithmetic: {'bf16 autocast' if run.bf16 else 'fp32'}")
+    epoch, saved_epoch = start_epoch - 1, None
     try:
         with stop_signals_handled_by(raise_stopped):
             for epoch in range(start_epoch, args.epochs + 1):
-                lr = optimizer.param_groups[0]["lr"]
+                lr = run.optimizer.param_groups[0]["lr"]
                 if lr < args.min_lr:
                     print(f"stage {args.stage} stopped after epoch {epoch - 1}: the lr ({lr:.2e}) fell below "
                           f"--min-lr {args.min_lr:g}, so learning has stopped; --min-lr 0 runs every epoch")
                     break
                 started = time.perf_counter()
-                train_loss = train_epoch(model, optimizer, train_images, args.batch_size, generator,
-                                         augment=args.stage == 2, bf16=bf16, average=average,
-                                         first_step=(epoch - 1) * batches_per_epoch,
-                                         description=f"stage {args.stage} epoch {epoch}/{args.epochs}")
-                test_loss = mean_test_mse(evaluated, test_images)
-                scheduler.step(test_loss)
+                train_loss = train_epoch(run, train_images, args, epoch)
+                test_loss = mean_test_mse(run.evaluated, test_images)
+                run.scheduler.step(test_loss)
                 seconds = time.perf_counter() - started
+                improved, run.best_loss = test_loss < run.best_loss, min(run.best_loss, test_loss)
                 history.append({"stage": args.stage, "epoch": epoch, "train_loss": f"{train_loss:.7f}",
                                 "test_loss": f"{test_loss:.7f}", "lr": f"{lr:.3e}", "seconds": f"{seconds:.2f}"})
-                improved, best_loss = test_loss < best_loss, min(best_loss, test_loss)
-                checkpoint = {"epoch": epoch, "model_state_dict": evaluated.state_dict(),
-                              "optimizer_state_dict": optimizer.state_dict(),
-                              "scheduler_state_dict": scheduler.state_dict(), "loss": test_loss,
-                              "stage": args.stage, "args": vars(args),
-                              "train_model_state_dict": model.state_dict(),
-                              "generator_state": generator.get_state(), "best_loss": best_loss}
-                # This order keeps the files consistent after a kill at any point: a resume
-                # from last.pt drops later history rows and redoes the epoch identically.
-                with stop_signals_deferred():
-                    write_history(os.path.join(args.out_dir, "history.csv"), history)
-                    if improved:
-                        save_checkpoint(os.path.join(args.out_dir, "best.pt"), checkpoint)
-                    save_checkpoint(os.path.join(args.out_dir, "last.pt"), checkpoint)
+                with stop_signals_deferred():  # Ctrl-C and SIGTERM wait until the epoch's files are written
+                    save_epoch(args, run, epoch, test_loss, improved, history)
                     saved_epoch = epoch
                 print(f"stage {args.stage} epoch {epoch:3d}/{args.epochs}  train {train_loss:.7f}  test "
                       f"{test_loss:.7f}{' *' if improved else '  '}  lr {lr:.2e}  {seconds:5.1f}s", flush=True)
     except NonFiniteLoss as error:
-        print(f"error: the loss became non-finite at epoch {epoch}, {error} (lr {optimizer.param_groups[0]['lr']:g}); "
-              f"try a lower --lr. Checkpoints were left as they were.", file=sys.stderr)
-        return EXIT_NON_FINITE
+        return data.fail(f"the loss became non-finite at epoch {epoch}, {error} (lr "
+                         f"{run.optimizer.param_groups[0]['lr']:g}); try a lower --lr. Checkpoints were left as "
+                         f"they were.", EXIT_NON_FINITE)
     except (Stopped, CannotWrite) as error:
-        last = os.path.join(args.out_dir, "last.pt")
-        way_on = (f"{last} holds epoch {saved_epoch}, resume with: {resume_command(args.out_dir)}"
-                  if saved_epoch is not None else "no epoch was saved; run the same command again")
+        way_on = (f"{os.path.join(args.out_dir, 'last.pt')} holds epoch {saved_epoch}, resume with: "
+                  f"{resume_command(argv, args.out_dir)}" if saved_epoch is not None
+                  else "no epoch was saved; run the same command again")
         if isinstance(error, CannotWrite):
-            print(f"error: {error}; {way_on}", file=sys.stderr)
-            return EXIT_CANNOT_WRITE
+            return data.fail(f"{error}; {way_on}", EXIT_CANNOT_WRITE)
         print(f"\nstopped by {error}; {way_on}", file=sys.stderr)
         return 128 + error.signal_number
-    print(f"best test loss of stage {args.stage}: {best_loss:.7f}")
+    print(f"best test loss of stage {args.stage}: {run.best_loss:.7f}")
     return 0
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.eval_only:
         return evaluate.report(args.resume, args.data_dir, args.dataset, args.device, args.subset)
@@ -367,16 +361,19 @@ def main(argv=None):
         model, checkpoint = AutoEncoder().to(device), None
         if args.resume:
             model, checkpoint = load_checkpoint(args.resume, device)
-        model = fast.prepare_model(model)
-        train_split, test_split = data.load_splits(args.data_dir, args.dataset, device, args.subset)
-        if len(train_split[0]) < args.batch_size:
-            raise UsageError(f"{len(train_split[0])} training images, fewer than one batch "
+        (train_images, _), (test_images, _) = data.load_splits(args.data_dir, args.dataset, device, args.subset)
+        if len(train_images) < args.batch_size:
+            raise UsageError(f"{len(train_images)} training images, fewer than one batch "
                              f"(--batch-size {args.batch_size}): add images or pass a smaller --batch-size")
         refuse_overwrite(args)
-        return run_training(args, device, model, checkpoint, train_split[0], test_split[0], lock)
+        run = new_run(args, fast.prepare_model(model), device)
+        start_epoch = start(run, args, checkpoint)
     except (UsageError, FolderInUse, CheckpointError, data.DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return data.fail(error)
+    except CannotWrite as error:
+        return data.fail(error, EXIT_CANNOT_WRITE)
+    record_pid(lock)
+    return run_training(args, argv, run, start_epoch, train_images, test_images)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ The curves come from the history.csv beside the checkpoint, or from the files na
 """
 
 import argparse
-import csv
 import functools
 import os
 import sys
@@ -30,8 +29,9 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 import data  # noqa: E402
-from model import CheckpointError, load_checkpoint  # noqa: E402
+from checkpoints import read_history  # noqa: E402
 from evaluate import is_labelled, latent_codes, per_image_mse  # noqa: E402
+from model import CheckpointError, load_checkpoint  # noqa: E402
 
 NUM_RECONSTRUCTIONS = 32
 # Test-set indices of the digit pairs to morph: 7 -> 2, 1 -> 0, 4 -> 1.
@@ -44,20 +44,21 @@ SAMPLE_SEED = 0
 # Test-set indices of the four corner digits of the interpolation grid: 7, 2, 1, 0.
 GRID_CORNERS = (0, 1, 2, 3)
 GRID_SIDE = 10
-LABEL_NAMES = {"mnist": "digit", "fashion-mnist": "class", "images": "class"}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="best.pt", help="model to draw (default: %(default)s)")
-    parser.add_argument("--data-dir", default="./data", help="folder holding MNIST/raw/ (default: %(default)s)")
-    parser.add_argument("--dataset", choices=data.DATASET_NAMES, default="mnist", help="test images to draw (default: %(default)s)")
+    data.add_arguments(parser)
     parser.add_argument("--out-dir", default="images", help="where the PNGs go (default: %(default)s)")
     parser.add_argument("--history", nargs="+", metavar="CSV", default=None,
                         help="history files to plot (default: history.csv beside the checkpoint)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu",
-                        help="where to run the model (default: %(default)s)")
-    return parser.parse_args(argv)
+    parser.add_argument("--labels", nargs="+", metavar="NAME", default=None,
+                        help="the curves' names in the legend, one per --history file (default: each file's folder)")
+    args = parser.parse_args(argv)
+    if args.labels and len(args.labels) != len(args.history or [None]):
+        parser.error(f"--labels names {len(args.labels)} curves, --history gives {len(args.history or [None])}")
+    return args
 
 
 def decode(model, latent):
@@ -151,20 +152,18 @@ def draw_interpolation_grid(model, test_images, path):
 
 
 def read_curves(path):
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
+    rows = read_history(path)
     if not rows:
         raise ValueError("it has no rows")
     return {key: [float(row[key]) for row in rows] for key in ("stage", "train_loss", "test_loss", "lr")}
 
 
-def draw_curves(history_paths, path):
+def draw_curves(history_paths, labels, path):
     """Learning rate, train loss and test loss against epochs counted across both stages."""
     figure, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
-    for history_path in history_paths:
+    for history_path, label in zip(history_paths, labels):
         curves = read_curves(history_path)
         epochs = range(1, len(curves["lr"]) + 1)
-        label = os.path.relpath(history_path)
         for axis, key in zip(axes, ("lr", "train_loss", "test_loss")):
             axis.plot(epochs, curves[key], label=label, marker=".", markersize=3)
         if 2 in curves["stage"]:
@@ -190,8 +189,7 @@ def main(argv=None):
         test_images, test_labels = data.load_split(args.data_dir, train=False, dataset=args.dataset)
         os.makedirs(args.out_dir, exist_ok=True)
     except (CheckpointError, data.DataError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return data.fail(error)
     model.eval()
     train_images, test_images, test_labels = train_images.to(device), test_images.to(device), test_labels.to(device)
     out = functools.partial(os.path.join, args.out_dir)
@@ -200,7 +198,7 @@ def main(argv=None):
         if second < len(test_images):
             draw_homotopy(model, test_images, first, second, out(f"homotopy_{number}.png"))
     errors = per_image_mse(model, test_images)
-    label_name = LABEL_NAMES[args.dataset]
+    label_name = data.CLASS_WORDS[args.dataset]
     if is_labelled(test_labels):
         draw_latent_pca(latent_codes(model, test_images), test_labels, out("latent_pca.png"), label_name)
         draw_per_digit_error(errors, test_labels, out("per_digit_error.png"), label_name)
@@ -214,8 +212,9 @@ def main(argv=None):
         draw_interpolation_grid(model, test_images, out("interpolation_grid.png"))
 
     history_paths = args.history or [os.path.join(os.path.dirname(args.checkpoint), "history.csv")]
+    labels = args.labels or [os.path.basename(os.path.dirname(os.path.abspath(p))) for p in history_paths]
     try:
-        draw_curves(history_paths, out("curves.png"))
+        draw_curves(history_paths, labels, out("curves.png"))
     except (OSError, ValueError, KeyError) as error:
         print(f"skipped curves.png: cannot read the history {', '.join(history_paths)} ({error})",
               file=sys.stderr)

@@ -8,7 +8,6 @@ that `train.py --lr LR --weight-decay 0` makes with the same seed, number for nu
 """
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -39,19 +38,17 @@ def main():
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data-dir", default="../shared/data")
     args = parser.parse_args()
-    defaults = train.parse_args([])
+    flags = train.parse_args(["--lr", str(args.lr), "--weight-decay", "0", "--seed", str(args.seed),
+                              "--epochs", str(args.epochs), "--precision", "bf16"])
     torch.manual_seed(args.seed)
     model = fast.prepare_model(AutoEncoder())
     (train_images, _), (test_images, _) = [data.load_split(args.data_dir, train=split) for split in (True, False)]
-    optimizer = train.make_optimizer(model, args.lr)
-    generator = torch.Generator().manual_seed(args.seed)
-    averages = SeveralAverages(model, args.decays)
-    steps_per_epoch = math.ceil(len(train_images) / defaults.batch_size)
+    run = train.new_run(flags, model, torch.device("cpu"))
+    averages = run.average = SeveralAverages(model, args.decays)
     print(",".join(["epoch", *(f"test_loss_ema{decay:g}" for decay in args.decays), "test_loss_raw", "seconds"]))
     for epoch in range(1, args.epochs + 1):
         started = time.perf_counter()
-        train.train_epoch(model, optimizer, train_images, defaults.batch_size, generator, bf16=True,
-                          average=averages, first_step=(epoch - 1) * steps_per_epoch)
+        train.train_epoch(run, train_images, flags, epoch)
         losses = [train.mean_test_mse(average.model, test_images) for average in averages.averages]
         losses.append(train.mean_test_mse(model, test_images))
         print(",".join([str(epoch), *(f"{loss:.7f}" for loss in losses), f"{time.perf_counter() - started:.1f}"]),
