@@ -106,14 +106,22 @@ def test_bad_resume_files_fail_cleanly(run_dir, tiny_mnist, tmp_path, cli):
     assert snapshot(run_dir) == before
 
 
-def test_resume_with_another_weight_decay_fails_cleanly(run_dir, tiny_mnist, cli):
-    other = "0" if train.parse_args([]).weight_decay else "0.01"
-    before = snapshot(run_dir)
-    result = cli(train, "--resume", os.path.join(run_dir, "last.pt"), "--weight-decay", other,
-                 "--batch-size", "32", "--epochs", "3", "--data-dir", tiny_mnist, "--out-dir", run_dir,
-                 "--device", "cpu")
-    assert_clean_failure(result, "last.pt", "--weight-decay")
-    assert snapshot(run_dir) == before
+def test_resume_with_another_optimizer_says_which_flag_continues_it(tiny_mnist, tmp_path, cli):
+    adamw_run = str(tmp_path / "adamw")
+    flags = ["--data-dir", tiny_mnist, "--out-dir", adamw_run, "--batch-size", "32", "--device", "cpu"]
+    assert cli(train, *flags, "--epochs", "1", "--optimizer", "adamw").returncode == 0
+    last = os.path.join(adamw_run, "last.pt")
+    before = snapshot(adamw_run)
+    assert_clean_failure(cli(train, *flags, "--epochs", "2", "--resume", last), "last.pt", "--optimizer adamw")
+    assert snapshot(adamw_run) == before
+    assert_clean_failure(cli(train, *flags, "--epochs", "2", "--resume", last, "--optimizer", "adamw",
+                             "--weight-decay", "0"), "last.pt", "--weight-decay 0.01")
+    # A checkpoint of this repo from before Muon: AdamW, and no --optimizer among its flags.
+    checkpoint = torch.load(last, weights_only=True)
+    del checkpoint["args"]["optimizer"]
+    torch.save(checkpoint, last)
+    assert_clean_failure(cli(train, *flags, "--epochs", "2", "--resume", last), "last.pt", "--optimizer adamw")
+    assert cli(train, *flags, "--epochs", "2", "--resume", last, "--optimizer", "adamw").returncode == 0
 
 
 class RunsCode:
@@ -289,7 +297,7 @@ def test_continuing_with_changed_flags_says_so_and_goes_on_with_them(run_dir, ti
                  "--batch-size", "16", "--lr", "0.001", "--resume", os.path.join(run_dir, "last.pt"))
     assert result.returncode == 0, result.stderr
     [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert "--batch-size (was 32)" in warning and "--lr (was 0.005)" in warning and "uninterrupted" in warning
+    assert "--batch-size (was 32)" in warning and "--lr (was 0.02)" in warning and "uninterrupted" in warning
     assert "--weight-decay" not in warning
     checkpoint = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
     assert checkpoint["epoch"] == 3 and checkpoint["args"]["batch_size"] == 16

@@ -67,10 +67,11 @@ def test_stage_two_starts_from_stage_one_weights_with_fresh_optimizer(trained_ru
     rows = history_rows(out_dir)
     # The stage-1 rows travel along, so the curves show both stages.
     assert [(r["stage"], r["epoch"]) for r in rows] == [("1", "1"), ("1", "2"), ("2", "1")]
-    assert float(rows[-1]["lr"]) == pytest.approx(1e-3)
+    stage_two_lr = train.STAGE_LR["muon"][2]
+    assert float(rows[-1]["lr"]) == pytest.approx(stage_two_lr)
     _, checkpoint = load_checkpoint(os.path.join(out_dir, "last.pt"))
     assert checkpoint["stage"] == 2 and checkpoint["epoch"] == 1
-    assert checkpoint["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    assert checkpoint["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(stage_two_lr)
 
 
 def test_stage_two_in_the_same_folder_keeps_the_stage_one_checkpoint(trained_run, tiny_mnist, tmp_path):
@@ -222,17 +223,20 @@ def test_weight_average_update(warmup, expected_decay):
     assert average.model.encoder[0][1].num_batches_tracked == 5
 
 
-def test_weight_decay_shrinks_the_kernels_only():
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_weight_decay_shrinks_the_kernels_only(optimizer):
     model = AutoEncoder()
     before = {name: value.clone() for name, value in model.named_parameters()}
-    optimizer = train.make_optimizer(model, lr=0.1, weight_decay=0.5)
+    args = train.parse_args(["--optimizer", optimizer, "--lr", "0.1", "--weight-decay", "0.5"])
+    optimizer = train.make_optimizer(model, args)
     for parameter in model.parameters():
         parameter.grad = torch.zeros_like(parameter)  # so that only the decay moves them
     optimizer.step()
     for name, value in model.named_parameters():
         factor = 1 - 0.1 * 0.5 if value.dim() > 1 else 1.0
         torch.testing.assert_close(value, before[name] * factor, msg=name)
-    assert type(train.make_optimizer(model, lr=0.1)) is torch.optim.Adam
+    plain = train.parse_args(["--optimizer", "adamw", "--weight-decay", "0"])
+    assert type(train.make_optimizer(model, plain)) is torch.optim.Adam
 
 
 class FakePipeline:

@@ -33,15 +33,21 @@ from checkpoints import (CannotWrite, FolderInUse, Stopped, earlier_history, kee
                          raise_stopped, record_pid, refuse_overwrite, save_checkpoint, stop_signals_deferred,
                          stop_signals_handled_by, write_history)
 from model import AutoEncoder, CheckpointError, load_checkpoint
+from muon import MuonAdamW
 
-STAGE_LR = {1: 5e-3, 2: 1e-3}
-WEIGHT_DECAY = 1e-2  # AdamW's, on the convolution kernels: a faster start (results/experiments/)
+# The lr of --optimizer's kernels in each stage; under Muon the other parameters (AdamW's) take
+# ADAMW_LR_RATIO of it. Chosen by results/experiments/muon_sweep.py.
+STAGE_LR = {"muon": {1: 0.02, 2: 4e-3}, "adamw": {1: 5e-3, 2: 1e-3}}
+ADAMW_LR_RATIO = 0.25
+MUON_MOMENTUM = 0.95
+ADAMW_LAYERS = ()  # names of convolutions whose kernels stay on AdamW under Muon
+WEIGHT_DECAY = 1e-2  # of the convolution kernels: a faster start (results/experiments/)
 MIN_LR = 1e-5  # the AMX run gained nothing in stage 2 once its lr was below this (results/experiments/)
 # Reading a loss back to the host makes the CPU wait for a GPU; the losses are checked every few batches.
 LOSS_CHECK_EVERY = 50
 EXIT_NON_FINITE, EXIT_CANNOT_WRITE = 3, 4  # and data.EXIT_USAGE, 2, for bad flags or files
 # Flags whose change makes a continued run differ from an uninterrupted one.
-TRAINING_FLAGS = ["batch_size", "lr", "weight_decay", "ema_decay", "precision", "dataset", "subset",
+TRAINING_FLAGS = ["optimizer", "batch_size", "lr", "weight_decay", "ema_decay", "precision", "dataset", "subset",
                   "plateau_factor", "plateau_patience", "plateau_threshold"]
 # What a checkpoint of this project holds beyond the reference's five keys, so that
 # --resume continues a run exactly.
@@ -74,8 +80,10 @@ def parse_args(argv=None):
     add("--stage", type=int, choices=[1, 2], default=1,
         help="1: train on plain digits; 2: fine-tune with augmentation, needs --resume (default: %(default)s)")
     add("--epochs", type=positive(int), default=80, help="epochs of this stage at most (default: %(default)s)")
+    add("--optimizer", choices=["muon", "adamw"], default="muon",
+        help="muon: Muon for the convolution kernels, AdamW for the rest; adamw: AdamW for all (default: %(default)s)")
     add("--lr", type=positive(float), default=None,
-        help=f"AdamW learning rate (default: {STAGE_LR[1]:g} for stage 1, {STAGE_LR[2]:g} for stage 2)")
+        help="learning rate of the kernels (default: muon 0.02 in stage 1, 0.004 in stage 2; adamw 0.005, 0.001)")
     add("--min-lr", type=float, default=MIN_LR,
         help="end the stage once the lr falls below this; 0 runs every epoch (default: %(default)s)")
     add("--batch-size", type=positive(int), default=64, help="(default: %(default)s)")
@@ -86,7 +94,7 @@ def parse_args(argv=None):
     add("--plateau-threshold", type=float, default=1e-3,
         help="ReduceLROnPlateau: relative gain below which an epoch counts as no improvement (default: %(default)s)")
     add("--weight-decay", type=float, default=WEIGHT_DECAY,
-        help="AdamW decay of the convolution kernels; 0 is plain Adam (default: %(default)s)")
+        help="decay of the convolution kernels; with --optimizer adamw 0 is plain Adam (default: %(default)s)")
     add("--ema-decay", type=float, default=0.999,
         help="decay of the moving average of the weights that is evaluated and saved; 0 turns it off "
              "(default: %(default)s)")
@@ -102,7 +110,7 @@ def parse_args(argv=None):
              "Evaluation is always fp32 (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.lr is None:
-        args.lr = STAGE_LR[args.stage]
+        args.lr = STAGE_LR[args.optimizer][args.stage]
     if not 0 <= args.ema_decay < 1:
         parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     for name in ("weight_decay", "min_lr", "plateau_patience", "plateau_threshold"):
@@ -120,15 +128,29 @@ def parse_args(argv=None):
     return args
 
 
-def make_optimizer(model, lr, weight_decay=0.0):
-    """AdamW whose decay shrinks the convolution kernels only, as is usual (not biases
-    and BatchNorm scales); with `weight_decay=0` this is plain Adam."""
-    if not weight_decay:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=fast.FUSED_OPTIMIZER)
+def make_optimizer(model, args):
+    """Muon for the convolution kernels and AdamW for the rest, or AdamW for all. Weight
+    decay shrinks the kernels only, as is usual (not biases and BatchNorm scales); AdamW
+    with `--weight-decay 0` is plain Adam."""
     kernels = [p for p in model.parameters() if p.dim() > 1]
     others = [p for p in model.parameters() if p.dim() <= 1]
-    groups = [{"params": kernels, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, fused=fast.FUSED_OPTIMIZER)
+    if args.optimizer == "adamw":
+        if not args.weight_decay:
+            return torch.optim.Adam(model.parameters(), lr=args.lr, fused=fast.FUSED_OPTIMIZER)
+        groups = [{"params": kernels, "weight_decay": args.weight_decay}, {"params": others, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=args.lr, fused=fast.FUSED_OPTIMIZER)
+    layers = {name: module for name, module in model.named_modules()
+              if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and name not in ADAMW_LAYERS}
+    on_muon = {id(layer.weight) for layer in layers.values()}
+    muon_group = {"muon": True, "lr": args.lr, "momentum": MUON_MOMENTUM, "weight_decay": args.weight_decay}
+    adamw_lr = args.lr * ADAMW_LR_RATIO
+    return MuonAdamW([
+        {**muon_group, "out_dim": 0, "params": [m.weight for m in layers.values() if isinstance(m, torch.nn.Conv2d)]},
+        {**muon_group, "out_dim": 1,
+         "params": [m.weight for m in layers.values() if isinstance(m, torch.nn.ConvTranspose2d)]},
+        {"lr": adamw_lr, "weight_decay": args.weight_decay, "params": [p for p in kernels if id(p) not in on_muon]},
+        {"lr": adamw_lr, "weight_decay": 0.0, "params": others},
+    ])
 
 
 class WeightAverage:
@@ -175,7 +197,7 @@ class Run:
 
 
 def new_run(args, model, device):
-    optimizer = make_optimizer(model, args.lr, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=args.plateau_factor, patience=args.plateau_patience,
         threshold=args.plateau_threshold,
@@ -194,6 +216,10 @@ def start(run, args, checkpoint):
         print(f"stage {args.stage}: starting from the weights of {args.resume}, fresh optimizer, lr {args.lr:g}")
         keep_starting_checkpoint(args, checkpoint)
         return 1
+    trained_with = checkpoint.get("args", {}).get("optimizer", "adamw")  # the only one before Muon
+    if trained_with != args.optimizer:
+        raise UsageError(f"{args.resume} was trained with --optimizer {trained_with}; continue it with "
+                         f"--optimizer {trained_with}")
     run.model.load_state_dict(checkpoint["train_model_state_dict"])
     try:
         run.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
@@ -220,11 +246,14 @@ def apply_changed_flags(args, checkpoint, optimizer, scheduler):
     listed = ", ".join(f"--{name.replace('_', '-')} (was {before[name]})" for name in changed)
     print(f"warning: continuing {args.resume} with changed {listed}; this is not the run an uninterrupted "
           f"one would give", file=sys.stderr)
-    if "lr" in changed:
+    if "lr" in changed:  # every group's lr in the same proportion
+        scale = args.lr / before["lr"]
         for group in optimizer.param_groups:
-            group["lr"] = args.lr
+            group["lr"] *= scale
     if "weight_decay" in changed:
-        optimizer.param_groups[0]["weight_decay"] = args.weight_decay  # the kernels' group
+        for group in optimizer.param_groups:
+            if any(p.dim() > 1 for p in group["params"]):
+                group["weight_decay"] = args.weight_decay
     for name in ("factor", "patience", "threshold"):
         setattr(scheduler, name, getattr(args, f"plateau_{name}"))
 
