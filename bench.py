@@ -176,7 +176,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = data.choose_device(args.device)
-    precision = "bf16 autocast" if fast.use_bf16("auto", device) else "fp32"
+    bf16, reason = fast.training_precision("auto", device)
+    precision = f"{'bf16 autocast' if bf16 else 'fp32'} ({reason})"
     print(f"device: {device}, CPU capability: {torch.backends.cpu.get_cpu_capability()}, "
           f"threads: {torch.get_num_threads()}, training precision: {precision}, torch {torch.__version__}")
     num_images = len(data.load_split(args.data_dir, train=True)[0][: args.subset])

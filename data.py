@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import datasets
 from torchvision.transforms.v2 import functional as TF
 
+import fast
 from model import first_line
 
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
@@ -38,6 +39,7 @@ IMAGE_SIZE = 28
 DISTORTION_SCALE = 0.4
 PERSPECTIVE_P = 0.5
 MAX_ROTATION_DEGREES = 10.0
+INWARD_DIRECTIONS = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]])  # of each corner, as (x, y)
 
 
 class DataError(Exception):
@@ -62,18 +64,16 @@ def fail(error, status=EXIT_USAGE):
 
 
 def choose_device(name):
-    """--device: auto picks cuda, then mps, then cpu."""
+    """--device: auto picks cuda, then mps, then cpu; the device is set up as fast.prepare_device says."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda: no CUDA device is available; use --device cpu")
     if name == "mps" and not torch.backends.mps.is_available():
         raise DataError("--device mps: MPS is not available; use --device cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    fast.prepare_device(device)
+    return device
 
 
 def raw_folder(data_dir, dataset="mnist"):
@@ -208,9 +208,18 @@ def to_float(images_uint8):
     return images_uint8.unsqueeze(1).float().div_(255)
 
 
+def to_device(tensor, device):
+    """A CPU tensor on `device`; to a CUDA GPU through pinned memory, so that the copy does
+    not make the CPU wait for the GPU's queued work."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def shuffled_batches(images, batch_size, generator):
-    """Yield float batches of `images` in an order drawn from `generator` (last batch may be short)."""
-    order = torch.randperm(len(images), generator=generator, device=images.device)
+    """Yield float batches of `images` in an order drawn from `generator`, a CPU generator
+    whatever the images' device (the last batch may be short)."""
+    order = to_device(torch.randperm(len(images), generator=generator), images.device)
     for start in range(0, len(images), batch_size):
         yield to_float(images[order[start : start + batch_size]])
 
@@ -220,7 +229,7 @@ def ordered_batches(images, batch_size):
         yield to_float(images[start : start + batch_size])
 
 
-def sample_perspective_endpoints(batch_size, generator, device, size=IMAGE_SIZE):
+def sample_perspective_endpoints(batch_size, generator, size=IMAGE_SIZE):
     """Per-sample corner targets [B, 4, 2] as RandomPerspective.get_params draws them.
 
     Each corner moves inwards by a whole number of pixels, uniform in [0, bound),
@@ -228,32 +237,25 @@ def sample_perspective_endpoints(batch_size, generator, device, size=IMAGE_SIZE)
     bottom-left, as torchvision orders them.
     """
     bound = int(DISTORTION_SCALE * (size // 2)) + 1
-    offsets = torch.randint(0, bound, (batch_size, 4, 2), generator=generator, device=device)
-    return perspective_startpoints(device, size) + inward_directions(device) * offsets
+    offsets = torch.randint(0, bound, (batch_size, 4, 2), generator=generator)
+    return perspective_startpoints(size) + INWARD_DIRECTIONS * offsets
 
 
-# Cached per device: building a tensor from a Python list on a GPU waits for the GPU.
-@functools.cache
-def perspective_startpoints(device, size=IMAGE_SIZE):
+def perspective_startpoints(size=IMAGE_SIZE):
     """The image corners, top-left, top-right, bottom-right, bottom-left, as (x, y)."""
     last = size - 1
-    return torch.tensor([[0, 0], [last, 0], [last, last], [0, last]], device=device)
-
-
-@functools.cache
-def inward_directions(device):
-    return torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], device=device)
+    return torch.tensor([[0, 0], [last, 0], [last, last], [0, last]])
 
 
 def perspective_coefficients(startpoints, endpoints):
     """The 8 homography coefficients [B, 8] that map each output pixel back to the input.
 
     The same linear system as torchvision's _get_perspective_coeffs, solved for the whole
-    batch at once, in float64 as torchvision does (float32 on Apple's MPS, which has no float64).
+    batch at once, in float64 as torchvision does (on the CPU: on a GPU the solve would make
+    the CPU wait, and Apple's MPS has no float64).
     """
-    precision = torch.float32 if endpoints.device.type == "mps" else torch.float64
-    end = endpoints.to(precision)
-    start = startpoints.to(precision).expand_as(end)
+    end = endpoints.double()
+    start = startpoints.double().expand_as(end)
     x, y = end[..., 0], end[..., 1]
     u, v = start[..., 0], start[..., 1]
     ones, zeros = torch.ones_like(x), torch.zeros_like(x)
@@ -264,7 +266,7 @@ def perspective_coefficients(startpoints, endpoints):
     return torch.linalg.solve(system, target).float()
 
 
-# Cached per device, as above.
+# Cached per device: building a tensor from a Python list on a GPU waits for the GPU.
 @functools.cache
 def pixel_centres(device, size=IMAGE_SIZE):
     """Every pixel centre as homogeneous (x + 0.5, y + 0.5, 1), row by row: [H * W, 3]."""
@@ -285,9 +287,8 @@ def perspective_grid(coefficients, size=IMAGE_SIZE):
     return (projected[..., :2] / projected[..., 2:] - 1.0).unflatten(1, (size, size))
 
 
-def perspective(batch, endpoints):
-    """Warp each image so its corners land on `endpoints` (bilinear, zeros outside)."""
-    coefficients = perspective_coefficients(perspective_startpoints(batch.device), endpoints)
+def perspective(batch, coefficients):
+    """Warp each image by its homography `coefficients` [B, 8] (bilinear, zeros outside)."""
     grid = perspective_grid(coefficients, batch.shape[-1])
     return F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -302,16 +303,23 @@ def rotate(batch, degrees):
     return F.grid_sample(batch, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
+def draw_augmentation(batch_size, generator):
+    """The stage-2 parameters of each sample, drawn on the CPU from a CPU generator, so that
+    a seed gives the same warps on every device: [B, 10], the 8 perspective coefficients,
+    1.0 where the perspective applies (else 0.0), and the rotation in degrees."""
+    warp = torch.rand(batch_size, generator=generator) < PERSPECTIVE_P
+    endpoints = sample_perspective_endpoints(batch_size, generator)
+    degrees = torch.empty(batch_size).uniform_(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES, generator=generator)
+    coefficients = perspective_coefficients(perspective_startpoints(), endpoints)
+    return torch.cat([coefficients, warp[:, None].float(), degrees[:, None]], dim=1)
+
+
 def augment(batch, generator):
     """Stage-2 augmentation of a float batch [B, 1, 28, 28], parameters drawn per sample."""
-    n, device = len(batch), batch.device
-    warp = torch.rand(n, generator=generator, device=device) < PERSPECTIVE_P
-    endpoints = sample_perspective_endpoints(n, generator, device)
-    degrees = torch.empty(n, device=device).uniform_(
-        -MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES, generator=generator
-    )
+    parameters = to_device(draw_augmentation(len(batch), generator), batch.device)  # one copy to a GPU
+    coefficients, warp, degrees = parameters[:, :8], parameters[:, 8] > 0.5, parameters[:, 9]
     # Warping every image and keeping the unwarped ones where the coin said no avoids a
     # data-dependent shape (a host sync on GPU); bilinear sampling at the pixel centres of
     # an identity warp would not return the images bit for bit, so they are kept as is.
-    warped = torch.where(warp[:, None, None, None], perspective(batch, endpoints), batch)
+    warped = torch.where(warp[:, None, None, None], perspective(batch, coefficients), batch)
     return rotate(warped, degrees)

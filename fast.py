@@ -39,27 +39,49 @@ def keep_freed_memory():
     return bool(libc.mallopt(m_trim_threshold, one_gib) and libc.mallopt(m_mmap_threshold, one_gib))
 
 
-def cpu_has_native_bf16():
-    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX), read from Linux's
-    /proc/cpuinfo; elsewhere bf16 is emulated, slower than fp32, so False."""
+def cpu_flags():
+    """The CPU's feature flags as Linux's /proc/cpuinfo lists them; empty elsewhere (macOS, Windows)."""
     try:
         with open("/proc/cpuinfo") as file:
-            flags = file.read().split()
+            return set(file.read().split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return set()
 
 
-def use_bf16(precision, device):
-    """--precision auto: bf16 autocast where the device computes bf16 natively, else fp32.
+def training_precision(precision, device):
+    """The training arithmetic, (bf16, why): with --precision auto, bf16 autocast only where
+    the device computes bf16 in hardware, fp32 elsewhere, where bf16 is emulated and slower.
 
-    AMX 34% / 27% (`--precision fp32` is the lever); AVX2 CPUs train in fp32. Evaluation is fp32.
+    AMX 34% / 27% (`--precision fp32` is the lever). CUDA GPUs of compute capability 8.0
+    and later (A100, RTX 30xx, L4, H100) have bf16 tensor cores; a T4, V100 or P100 does
+    not, and torch.cuda.is_bf16_supported() answers True there because it counts
+    emulation. CPUs: AMX (Xeon 4th generation and later) or AVX512-BF16 (Zen 4 and later).
+    Apple's MPS trains in fp32: bf16 there has not been measured to pay. Evaluation is fp32.
     """
     if precision != "auto":
-        return precision == "bf16"
+        return precision == "bf16", f"--precision {precision}"
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_native_bf16()
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return True, f"this GPU computes bf16 natively (compute capability {major}.{minor})"
+        return False, f"this GPU has no native bf16 (compute capability {major}.{minor}, below 8.0)"
+    if device.type == "mps":
+        return False, "bf16 on Apple's MPS has not been measured to pay"
+    native = cpu_flags() & {"amx_bf16", "avx512_bf16"}
+    if native:
+        return True, f"this CPU computes bf16 natively ({', '.join(sorted(native))})"
+    return False, "this CPU has no native bf16 (no AMX or AVX512-BF16)"
+
+
+def prepare_device(device):
+    """What runs on a CUDA GPU: cuDNN times its convolution algorithms once and keeps the
+    fastest for these fixed shapes (benchmark mode; not measured here, no GPU was lent),
+    and fp32 stays fp32: no TF32 for convolutions, which Ampere and later would use, so
+    that evaluation computes the same numbers as on a CPU up to rounding."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = "cudnn_benchmark" not in LEVERS_OFF
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 class WholeInputConv2d(nn.Conv2d):

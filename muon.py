@@ -13,6 +13,7 @@ Biases and BatchNorm parameters, and any kernel put in an AdamW group, step by A
 import math
 
 import torch
+import torch.nn as nn
 
 NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic, as torch.optim.Muon's
 NEWTON_SCHULZ_STEPS = 5
@@ -63,6 +64,22 @@ class MuonAdamW(torch.optim.Optimizer):
         defaults = {"lr": 0.02, "momentum": 0.95, "weight_decay": 0.0, "betas": (0.9, 0.999), "eps": 1e-8,
                     "muon": False, "out_dim": 0}
         super().__init__(groups, defaults)
+
+    @classmethod
+    def for_convolutions(cls, model, lr, adamw_lr, momentum, weight_decay, adamw_layers=()):
+        """Muon for the kernels of `model`'s Conv2d and ConvTranspose2d layers but those named in
+        `adamw_layers`, AdamW for the rest; `weight_decay` for kernels only, as is usual."""
+        layers = [module for name, module in model.named_modules()
+                  if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and name not in adamw_layers]
+        on_muon = {id(layer.weight) for layer in layers}
+        muon = {"muon": True, "lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        return cls([
+            {**muon, "out_dim": 0, "params": [m.weight for m in layers if isinstance(m, nn.Conv2d)]},
+            {**muon, "out_dim": 1, "params": [m.weight for m in layers if isinstance(m, nn.ConvTranspose2d)]},
+            {"lr": adamw_lr, "weight_decay": weight_decay,
+             "params": [p for p in model.parameters() if p.dim() > 1 and id(p) not in on_muon]},
+            {"lr": adamw_lr, "weight_decay": 0.0, "params": [p for p in model.parameters() if p.dim() <= 1]},
+        ])
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -128,9 +128,9 @@ def test_shuffled_batches_cover_every_image_once():
 def test_perspective_matches_torchvision_per_sample():
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(16, 1, 28, 28, generator=generator)
-    endpoints = data.sample_perspective_endpoints(16, generator, "cpu")
-    warped = data.perspective(images, endpoints)
-    startpoints = data.perspective_startpoints("cpu").tolist()
+    endpoints = data.sample_perspective_endpoints(16, generator)
+    warped = data.perspective(images, data.perspective_coefficients(data.perspective_startpoints(), endpoints))
+    startpoints = data.perspective_startpoints().tolist()
     for image, corners, result in zip(images, endpoints, warped):
         expected = TF.perspective(image, startpoints, corners.tolist(), interpolation=InterpolationMode.BILINEAR)
         torch.testing.assert_close(result, expected, atol=1e-4, rtol=0)
@@ -148,12 +148,12 @@ def test_rotation_matches_torchvision_per_sample():
 
 def test_perspective_parameters_follow_torchvision_distribution():
     generator = torch.Generator().manual_seed(2)
-    endpoints = data.sample_perspective_endpoints(4000, generator, "cpu")
-    offsets = (endpoints - data.perspective_startpoints("cpu")).abs()
+    endpoints = data.sample_perspective_endpoints(4000, generator)
+    offsets = (endpoints - data.perspective_startpoints()).abs()
     # RandomPerspective(0.4) on 28x28: each corner moves inwards by 0..5 whole pixels.
     assert offsets.min() == 0 and offsets.max() == 5
     assert set(offsets.unique().tolist()) == {0, 1, 2, 3, 4, 5}
-    inward = endpoints - data.perspective_startpoints("cpu")
+    inward = endpoints - data.perspective_startpoints()
     assert (inward[:, 0] >= 0).all() and (inward[:, 2] <= 0).all()
 
 

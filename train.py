@@ -63,11 +63,12 @@ class NonFiniteLoss(Exception):
     """The loss became inf or NaN; the message names the batch, e.g. 'training batch 12'."""
 
 
-def positive(kind):
+def bounded(kind, low, strict=True):
+    """An argparse type: a `kind` number above `low` (at least `low` if not strict)."""
     def parse(text):
         value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text}")
         return value
 
     parse.__name__ = kind.__name__
@@ -79,21 +80,21 @@ def parse_args(argv=None):
     add = parser.add_argument
     add("--stage", type=int, choices=[1, 2], default=1,
         help="1: train on plain digits; 2: fine-tune with augmentation, needs --resume (default: %(default)s)")
-    add("--epochs", type=positive(int), default=80, help="epochs of this stage at most (default: %(default)s)")
+    add("--epochs", type=bounded(int, 0), default=80, help="epochs of this stage at most (default: %(default)s)")
     add("--optimizer", choices=["muon", "adamw"], default="muon",
         help="muon: Muon for the convolution kernels, AdamW for the rest; adamw: AdamW for all (default: %(default)s)")
-    add("--lr", type=positive(float), default=None,
+    add("--lr", type=bounded(float, 0), default=None,
         help="learning rate of the kernels (default: muon 0.02 in stage 1, 0.004 in stage 2; adamw 0.005, 0.001)")
-    add("--min-lr", type=float, default=MIN_LR,
+    add("--min-lr", type=bounded(float, 0, strict=False), default=MIN_LR,
         help="end the stage once the lr falls below this; 0 runs every epoch (default: %(default)s)")
-    add("--batch-size", type=positive(int), default=64, help="(default: %(default)s)")
-    add("--plateau-factor", type=positive(float), default=0.5,
+    add("--batch-size", type=bounded(int, 0), default=64, help="(default: %(default)s)")
+    add("--plateau-factor", type=bounded(float, 0), default=0.5,
         help="ReduceLROnPlateau: multiply the lr by this when the test loss stalls (default: %(default)s)")
-    add("--plateau-patience", type=int, default=1,
+    add("--plateau-patience", type=bounded(int, 0, strict=False), default=1,
         help="ReduceLROnPlateau: epochs without improvement before the lr drops (default: %(default)s)")
-    add("--plateau-threshold", type=float, default=1e-3,
+    add("--plateau-threshold", type=bounded(float, 0, strict=False), default=1e-3,
         help="ReduceLROnPlateau: relative gain below which an epoch counts as no improvement (default: %(default)s)")
-    add("--weight-decay", type=float, default=WEIGHT_DECAY,
+    add("--weight-decay", type=bounded(float, 0, strict=False), default=WEIGHT_DECAY,
         help="decay of the convolution kernels; with --optimizer adamw 0 is plain Adam (default: %(default)s)")
     add("--ema-decay", type=float, default=0.999,
         help="decay of the moving average of the weights that is evaluated and saved; 0 turns it off "
@@ -104,7 +105,7 @@ def parse_args(argv=None):
     add("--overwrite", action="store_true", help="start a new run in an --out-dir that holds another one")
     add("--seed", type=int, default=1, help="seeds the weights, shuffling and augmentation (default: %(default)s)")
     add("--eval-only", action="store_true", help="print the test metrics of --resume and exit")
-    add("--subset", type=positive(int), default=None, help="use only the first N training and test images")
+    add("--subset", type=bounded(int, 0), default=None, help="use only the first N training and test images")
     add("--precision", choices=["auto", "bf16", "fp32"], default="auto",
         help="training arithmetic; auto: bf16 where the device computes it natively, else fp32. "
              "Evaluation is always fp32 (default: %(default)s)")
@@ -113,9 +114,6 @@ def parse_args(argv=None):
         args.lr = STAGE_LR[args.optimizer][args.stage]
     if not 0 <= args.ema_decay < 1:
         parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
-    for name in ("weight_decay", "min_lr", "plateau_patience", "plateau_threshold"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.lr < args.min_lr:
         parser.error(f"--lr {args.lr:g} is below --min-lr {args.min_lr:g}, so the stage would end before its "
                      f"first epoch: raise --lr or lower --min-lr")
@@ -132,25 +130,14 @@ def make_optimizer(model, args):
     """Muon for the convolution kernels and AdamW for the rest, or AdamW for all. Weight
     decay shrinks the kernels only, as is usual (not biases and BatchNorm scales); AdamW
     with `--weight-decay 0` is plain Adam."""
-    kernels = [p for p in model.parameters() if p.dim() > 1]
-    others = [p for p in model.parameters() if p.dim() <= 1]
+    if args.optimizer == "adamw" and not args.weight_decay:
+        return torch.optim.Adam(model.parameters(), lr=args.lr, fused=fast.FUSED_OPTIMIZER)
     if args.optimizer == "adamw":
-        if not args.weight_decay:
-            return torch.optim.Adam(model.parameters(), lr=args.lr, fused=fast.FUSED_OPTIMIZER)
-        groups = [{"params": kernels, "weight_decay": args.weight_decay}, {"params": others, "weight_decay": 0.0}]
+        groups = [{"params": [p for p in model.parameters() if p.dim() > 1], "weight_decay": args.weight_decay},
+                  {"params": [p for p in model.parameters() if p.dim() <= 1], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=args.lr, fused=fast.FUSED_OPTIMIZER)
-    layers = {name: module for name, module in model.named_modules()
-              if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and name not in ADAMW_LAYERS}
-    on_muon = {id(layer.weight) for layer in layers.values()}
-    muon_group = {"muon": True, "lr": args.lr, "momentum": MUON_MOMENTUM, "weight_decay": args.weight_decay}
-    adamw_lr = args.lr * ADAMW_LR_RATIO
-    return MuonAdamW([
-        {**muon_group, "out_dim": 0, "params": [m.weight for m in layers.values() if isinstance(m, torch.nn.Conv2d)]},
-        {**muon_group, "out_dim": 1,
-         "params": [m.weight for m in layers.values() if isinstance(m, torch.nn.ConvTranspose2d)]},
-        {"lr": adamw_lr, "weight_decay": args.weight_decay, "params": [p for p in kernels if id(p) not in on_muon]},
-        {"lr": adamw_lr, "weight_decay": 0.0, "params": others},
-    ])
+    return MuonAdamW.for_convolutions(model, args.lr, args.lr * ADAMW_LR_RATIO, MUON_MOMENTUM, args.weight_decay,
+                                      adamw_layers=ADAMW_LAYERS)
 
 
 class WeightAverage:
@@ -188,6 +175,7 @@ class Run:
     generator: torch.Generator
     average: WeightAverage | None
     bf16: bool
+    precision_reason: str
     best_loss: float = math.inf
 
     @property
@@ -202,9 +190,11 @@ def new_run(args, model, device):
         optimizer, mode="min", factor=args.plateau_factor, patience=args.plateau_patience,
         threshold=args.plateau_threshold,
     )
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    # On the CPU whatever the device: a seed gives the same batches and warps everywhere, and a
+    # checkpoint's generator state resumes on any device.
+    generator = torch.Generator().manual_seed(args.seed)
     average = WeightAverage(model, args.ema_decay, warmup=args.stage == 1) if args.ema_decay > 0 else None
-    return Run(model, optimizer, scheduler, generator, average, fast.use_bf16(args.precision, device))
+    return Run(model, optimizer, scheduler, generator, average, *fast.training_precision(args.precision, device))
 
 
 def start(run, args, checkpoint):
@@ -228,7 +218,11 @@ def start(run, args, checkpoint):
         raise UsageError(f"{args.resume} was trained with --weight-decay {trained_with}; "
                          f"continue it with the flags it was trained with") from None
     run.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-    run.generator.set_state(checkpoint["generator_state"].cpu())
+    try:
+        run.generator.set_state(checkpoint["generator_state"].cpu())
+    except (RuntimeError, TypeError, AttributeError):
+        raise UsageError(f"{args.resume}: its random-number state is not a CPU generator's (a GPU run of an older "
+                         f"version wrote it), so it cannot be continued; --stage 2 starts from its weights") from None
     run.best_loss = checkpoint["best_loss"]
     apply_changed_flags(args, checkpoint, run.optimizer, run.scheduler)
     print(f"continuing stage {args.stage} from epoch {checkpoint['epoch']} of {args.resume}")
@@ -322,21 +316,15 @@ def save_epoch(args, run, epoch, test_loss, improved, history):
 
 def resume_command(argv, out_dir):
     """The command line `argv` with its --resume replaced by <out-dir>/last.pt."""
-    words, skip = [], False
-    for word in argv:
-        if skip:
-            skip = False
-        elif word == "--resume":
-            skip = True
-        elif not word.startswith("--resume="):
-            words.append(word)
-    return shlex.join(["python", "train.py", *words, "--resume", os.path.join(out_dir, "last.pt")])
+    kept = [word for before, word in zip([None, *argv], argv)
+            if "--resume" not in (word, before) and not word.startswith("--resume=")]
+    return shlex.join(["python", "train.py", *kept, "--resume", os.path.join(out_dir, "last.pt")])
 
 
 def run_training(args, argv, run, start_epoch, train_images, test_images):
     """The epochs of one stage; returns the exit status."""
     history = earlier_history(args.resume, args.stage, start_epoch)
-    print(f"training arithmetic: {'bf16 autocast' if run.bf16 else 'fp32'}")
+    print(f"training arithmetic: {'bf16 autocast' if run.bf16 else 'fp32'} ({run.precision_reason})")
     epoch, saved_epoch = start_epoch - 1, None
     try:
         with stop_signals_handled_by(raise_stopped):
