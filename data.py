@@ -19,11 +19,11 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torchvision import datasets
-from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
 
 import fast
+import pictures
 from model import first_line
 
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
@@ -53,6 +53,9 @@ def add_arguments(parser, dataset=True):
     if dataset:
         parser.add_argument("--dataset", choices=DATASET_NAMES, default="mnist",
                             help="mnist, fashion-mnist or images, a folder of your own (default: %(default)s)")
+        parser.add_argument("--plain-resize", action="store_true",
+                            help="your own pictures resized whole to 28x28, not framed as MNIST frames its digits: "
+                                 "for pictures that already fill their frame (objects, Fashion-MNIST-like images)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                         help="auto: cuda, then mps, then cpu (default: %(default)s)")
 
@@ -97,14 +100,14 @@ def decompress_gz_files(folder, names):
         os.replace(temporary, target)
 
 
-def load_split(data_dir, train, dataset="mnist"):
+def load_split(data_dir, train, dataset="mnist", plain_resize=False):
     """Return (images uint8 [N, 28, 28], labels int64 [N]) of one split.
 
     Downloads when the files are missing (torchvision's own download); raises DataError
     with a one-line fix when they are missing and cannot be downloaded, or are corrupt.
     """
     if dataset == "images":
-        return image_folder_split(data_dir, train)
+        return image_folder_split(data_dir, train, plain_resize)
     folder = raw_folder(data_dir, dataset)
     try:
         decompress_gz_files(folder, raw_file_names(dataset))
@@ -135,19 +138,19 @@ def load_split(data_dir, train, dataset="mnist"):
     return images, labels.long()
 
 
-def image_folder_split(root, train):
+def image_folder_split(root, train, plain_resize=False):
     """One split of a folder of images: root/train/ and root/test/, or else a seeded
     TEST_FRACTION of all the images in root goes to test. See read_image_folder."""
     if not os.path.isdir(root):
         raise DataError(f"--data-dir {root}: no such folder")
     folders = [os.path.join(root, "train"), os.path.join(root, "test")]
     if not all(os.path.isdir(folder) for folder in folders):
-        images, classes = read_image_folder(root)
+        images, classes = read_image_folder(root, plain_resize)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
         num_test = max(1, round(TEST_FRACTION * len(images)))
         chosen = order[num_test:] if train else order[:num_test]
         return images[chosen], class_labels(classes, classes)[chosen]
-    both = [read_image_folder(folder) for folder in folders]
+    both = [read_image_folder(folder, plain_resize) for folder in folders]
     images, classes = both[0] if train else both[1]
     return images, class_labels(classes, both[0][1] + both[1][1])
 
@@ -162,43 +165,64 @@ def class_labels(classes, all_classes):
 
 
 @functools.cache
-def read_image_folder(folder):
-    """Every image under `folder` as uint8 [N, 28, 28], like MNIST's, and each one's
-    subfolder name (None for an image in `folder` itself).
+def read_image_folder(folder, plain_resize=False):
+    """Every picture under `folder` as uint8 [N, 28, 28], framed as MNIST frames its digits
+    (pictures.py) or, with `plain_resize`, resized whole; and each one's subfolder name
+    (None for a picture in `folder` itself)."""
+    images, kept = read_pictures(picture_paths([folder]), plain_resize, folder)
+    parts = [os.path.relpath(path, folder).split(os.sep) for path in kept]
+    return images, tuple(part[0] if len(part) > 1 else None for part in parts)
 
-    Any size, mode and format that Pillow reads, made one channel and 28x28 (torchvision's
-    antialiased resize). MNIST draws light digits on black: an image whose border is
-    light on average (dark ink on white paper) is inverted to match. Files that are not
-    images are skipped and counted; an unreadable or truncated image is a DataError.
-    """
-    paths = sorted(os.path.join(top, name) for top, _, names in os.walk(folder) for name in names)
-    images, classes, skipped = [], [], []
+
+def picture_paths(paths):
+    """The files that `paths` name: files as they are, folders walked (sorted)."""
+    files = []
     for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(top, name) for top, _, names in os.walk(path) for name in names)
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    return files
+
+
+def read_pictures(paths, plain_resize=False, folder=None):
+    """The pictures among `paths` as uint8 [N, 28, 28], and the paths of those kept.
+
+    Any size, mode and format that Pillow reads. Files that are not pictures are skipped and
+    counted, and a picture without ink is skipped and named; a file named as a picture
+    (.png, .jpg, ...) that cannot be decoded is a DataError.
+    """
+    images, kept, skipped = [], [], []
+    shown = sys.stderr.isatty() and len(paths) >= 1000  # framing takes a few ms a picture
+    for path in tqdm(paths, desc="reading pictures", leave=False, disable=not shown):
+        name = os.path.relpath(path, folder) if folder else path
         try:
-            with Image.open(path) as picture:
-                gray = picture.convert("L")  # loads the whole file: a truncated one fails here
-        except UnidentifiedImageError:
-            skipped.append(os.path.relpath(path, folder))
+            image = pictures.read_picture(path, plain_resize)
+        except pictures.NotAnImage:
+            skipped.append(name)
             continue
-        except OSError as error:
-            raise DataError(f"{path}: cannot read this image ({error})") from None
-        image = TF.resize(TF.pil_to_tensor(gray), [IMAGE_SIZE, IMAGE_SIZE], antialias=True)[0]
-        border = torch.cat([image[0], image[-1], image[:, 0], image[:, -1]])
-        images.append(255 - image if border.float().mean() > 127.5 else image)
-        parts = os.path.relpath(path, folder).split(os.sep)
-        classes.append(parts[0] if len(parts) > 1 else None)
+        except pictures.Unreadable as error:
+            raise DataError(f"{path}: cannot read this image: {error}") from None
+        if image is None:
+            print(f"skipped {name}: no ink found (a blank picture?)")
+            continue
+        images.append(image)
+        kept.append(path)
     if skipped:
-        print(f"{folder}: skipped {len(skipped)} files that are not images (e.g. {skipped[0]})")
+        print(f"{folder or 'the files given'}: skipped {len(skipped)} files that are not images (e.g. {skipped[0]})")
     if not images:
-        raise DataError(f"{folder}: no images found (PNG, JPEG, BMP, ... in it or its subfolders)")
-    return torch.stack(images), tuple(classes)
+        raise DataError(f"{folder or ' '.join(paths)}: no pictures with ink found (PNG, JPEG, BMP, ... "
+                        f"{'in it or its subfolders' if folder else ''})")
+    return torch.stack(images), kept
 
 
-def load_splits(data_dir, dataset, device, subset=None):
+def load_splits(data_dir, dataset, device, subset=None, plain_resize=False):
     """[(train images, labels), (test images, labels)] on `device`, cut to the first `subset`."""
     splits = []
     for train in (True, False):
-        images, labels = load_split(data_dir, train=train, dataset=dataset)
+        images, labels = load_split(data_dir, train=train, dataset=dataset, plain_resize=plain_resize)
         splits.append((images[:subset].to(device), labels[:subset].to(device)))
     return splits
 

@@ -1,10 +1,12 @@
 """Test metrics of a trained autoencoder; train.py --eval-only prints the same ones.
 
     python evaluate.py best.pt --data-dir ./data
+    python evaluate.py best.pt --images photo.jpg my-digits/
 
 prints one name=value per line, test_mse last: PSNR, summed squared error, the MSE on
 a fixed warped copy of the test set, 5-nearest-neighbour accuracy on the latent codes,
 the MSE of each class, and the test MSE (mean over every pixel of every test image).
+With --images: one line per picture with its MSE, then test_mse of them all.
 """
 
 import argparse
@@ -94,21 +96,37 @@ def test_metrics(model, train_split, test_split, class_word="digit"):
     return metrics
 
 
-def report(checkpoint_path, data_dir, dataset, device_name, subset=None):
-    """Print a checkpoint's metrics as name=value lines: evaluate.py's and train.py --eval-only's
+def report(checkpoint_path, args, subset=None):
+    """Print a checkpoint's metrics on the data set that `args` names (data_dir, dataset,
+    plain_resize, device) as name=value lines: evaluate.py's and train.py --eval-only's
     output. The model is prepared as train.py evaluates it, so test_mse repeats the
     checkpoint's own. Returns the exit status; a bad file or flag is one line on stderr."""
     try:
-        device = data.choose_device(device_name)
+        device = data.choose_device(args.device)
         model, _ = load_checkpoint(checkpoint_path, device)
-        splits = data.load_splits(data_dir, dataset, device, subset)
+        splits = data.load_splits(args.data_dir, args.dataset, device, subset, args.plain_resize)
     except (CheckpointError, data.DataError) as error:
         return data.fail(error)
     if not is_labelled(splits[0][1], splits[1][1]):
         print("no class labels (images outside class subfolders): knn_accuracy and the per-class MSE "
               "are skipped", file=sys.stderr)
-    for name, value in test_metrics(fast.prepare_model(model), *splits, data.CLASS_WORDS[dataset]).items():
+    for name, value in test_metrics(fast.prepare_model(model), *splits, data.CLASS_WORDS[args.dataset]).items():
         print(f"{name}={value:.4f}" if name in COARSE_METRICS else f"{name}={value:.7f}")
+    return 0
+
+
+def report_pictures(checkpoint_path, args):
+    """Print the MSE of each picture that --images names, then test_mse of them all."""
+    try:
+        device = data.choose_device(args.device)
+        model, _ = load_checkpoint(checkpoint_path, device)
+        images, paths = data.read_pictures(data.picture_paths(args.images), args.plain_resize)
+    except (CheckpointError, data.DataError) as error:
+        return data.fail(error)
+    errors = per_image_mse(fast.prepare_model(model), images.to(device))
+    for path, error in zip(paths, errors.tolist()):
+        print(f"{path} mse={error:.7f}")
+    print(f"test_mse={errors.mean().item():.7f}")
     return 0
 
 
@@ -116,12 +134,16 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint of this project or the reference's best_model.pth")
     data.add_arguments(parser)
+    parser.add_argument("--images", nargs="+", metavar="PATH",
+                        help="pictures of your own, files or folders: the MSE of each, framed as MNIST digits")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    return report(args.checkpoint, args.data_dir, args.dataset, args.device)
+    if args.images:
+        return report_pictures(args.checkpoint, args)
+    return report(args.checkpoint, args)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
-"""--dataset images: a folder of your own pictures, trained, evaluated and drawn."""
+"""Your own pictures: framed as MNIST digits, trained on (--dataset images), evaluated and
+drawn, one by one (--images); bad files end with one line."""
 
+import io
 import os
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import data
 import evaluate
+import pictures
 import train
 import visualize
 from conftest import synthetic_digits
@@ -46,13 +51,87 @@ def test_a_folder_loads_like_mnist(image_folder):
     assert test_images.shape == (24, 28, 28)
 
 
-def test_dark_digits_on_light_paper_are_inverted(tmp_path):
+def centre_of_mass(image):
+    image = image.double()
+    rows, cols = torch.arange(image.shape[0], dtype=torch.float64), torch.arange(image.shape[1], dtype=torch.float64)
+    return (image.sum(1) @ rows / image.sum()).item(), (image.sum(0) @ cols / image.sum()).item()
+
+
+def ink_box(image):
+    rows, cols = (image > 0).any(1).nonzero()[:, 0], (image > 0).any(0).nonzero()[:, 0]
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def photographed(digit, seed=0):
+    """`digit` as dark ink on a photo of a page: 5 times as large, off-centre on a 400x300 canvas,
+    the page lit unevenly from one corner, sensor noise, saved as JPEG; returns the JPEG bytes."""
+    generator = torch.Generator().manual_seed(seed)
+    large = F.interpolate(digit[None, None].float() / 255, scale_factor=5, mode="bilinear")[0, 0]
+    y, x = torch.meshgrid(torch.linspace(0, 1, 300), torch.linspace(0, 1, 400), indexing="ij")
+    page = 0.45 + 0.4 * x - 0.15 * y + 0.1 * (x - 0.5) ** 2  # grey to bright across the page
+    page[30:170, 220:360] *= 1 - 0.8 * large  # the ink darkens the paper it is on
+    page += 0.03 * torch.randn(page.shape, generator=generator)
+    buffer = io.BytesIO()
+    Image.fromarray((page.clamp(0, 1) * 255).round().byte().numpy(), mode="L").save(buffer, "JPEG", quality=80)
+    return buffer.getvalue()
+
+
+def test_an_off_centre_digit_on_an_unevenly_lit_photo_is_framed_as_mnist(tmp_path):
+    digit = synthetic_digits(10, seed=5)[0][3]
+    (tmp_path / "photo.jpg").write_bytes(photographed(digit))
+    framed = pictures.read_picture(str(tmp_path / "photo.jpg"))
+    assert framed.dtype == torch.uint8 and framed.shape == (28, 28)
+    com_y, com_x = centre_of_mass(framed)
+    assert abs(com_y - pictures.CENTRE) <= 1 and abs(com_x - pictures.CENTRE) <= 1
+    height, width = ink_box(framed)
+    assert max(height, width) <= 20 and max(height, width) >= 19  # scaled to fit the box, not shrunk by noise
+    assert framed.max() == 255 and (framed > 0).float().mean() < 0.35  # ink at full brightness, paper black
+    # The same digit framed from a clean picture of it: the photo's framing finds the same digit.
+    clean = pictures.frame_like_mnist(digit)
+    assert (framed.float() - clean.float()).pow(2).mean().sqrt() < 40
+
+
+def test_dark_on_light_and_light_on_dark_give_the_same_digit(tmp_path):
     digit = synthetic_digits(1, seed=5)[0][0]
-    save_picture(tmp_path / "light.png", digit, (28, 28))
-    save_picture(tmp_path / "dark.png", digit, (28, 28), dark_on_light=True)
+    save_picture(tmp_path / "light.png", digit, (56, 56))
+    save_picture(tmp_path / "dark.png", digit, (56, 56), dark_on_light=True, mode="RGB")
     images, classes = data.read_image_folder(str(tmp_path))
     assert classes == (None, None)
-    assert torch.equal(images[0], images[1]) and torch.equal(images[0], digit)
+    assert (images[0].int() - images[1].int()).abs().max() <= 1
+
+
+def test_a_digit_framed_as_mnist_comes_through_unchanged():
+    digits = synthetic_digits(20, seed=6)[0]
+    framed = [pictures.frame_like_mnist(digit) for digit in digits]
+    assert all(torch.equal(pictures.frame_like_mnist(once), once) for once in framed)
+    assert all(max(ink_box(once)) == 20 for once in framed)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="set MNIST_DATA_DIR to the folder holding MNIST/raw/")
+def test_mnist_digits_come_through_framing_unchanged_or_within_a_few_grey_levels():
+    images = data.load_split(os.environ["MNIST_DATA_DIR"], train=False)[0][:500]
+    framed = torch.stack([pictures.frame_like_mnist(image) for image in images])
+    unchanged = (framed == images).flatten(1).all(1)
+    assert unchanged.float().mean() > 0.85  # the rest have a faint peak, which framing brings to 255
+    assert ((framed > 0) == (images > 0)).flatten(1).all(1).float().mean() > 0.99
+
+
+def test_a_blank_picture_is_named_and_skipped(tmp_path, capsys):
+    digit = synthetic_digits(1, seed=5)[0][0]
+    save_picture(tmp_path / "digit.png", digit, (40, 40))
+    noise = (128 + 10 * torch.randn(60, 60)).clamp(0, 255).byte()
+    Image.fromarray(noise.numpy(), mode="L").save(tmp_path / "blank.png")
+    images, classes = data.read_image_folder(str(tmp_path))
+    assert len(images) == 1
+    assert "skipped blank.png: no ink found" in capsys.readouterr().out
+
+
+def test_plain_resize_keeps_the_whole_picture(tmp_path):
+    digit = synthetic_digits(1, seed=5)[0][0]
+    save_picture(tmp_path / "digit.png", 255 - digit, (28, 28))
+    [image] = data.read_image_folder(str(tmp_path), plain_resize=True)[0]
+    assert torch.equal(image, digit)
 
 
 def test_a_folder_without_train_and_test_keeps_a_seeded_tenth_for_testing(tmp_path):
@@ -64,7 +143,7 @@ def test_a_folder_without_train_and_test_keeps_a_seeded_tenth_for_testing(tmp_pa
     assert len(train_images) == 45 and len(test_images) == 5
     assert (train_labels == data.NO_LABEL).all()
     every = {tuple(image.flatten().tolist()) for image in torch.cat([train_images, test_images])}
-    assert every == {tuple(digit.flatten().tolist()) for digit in digits}
+    assert every == {tuple(pictures.frame_like_mnist(digit).flatten().tolist()) for digit in digits}
 
 
 def test_train_evaluate_and_visualize_on_a_folder(image_folder, tmp_path, capsys):
@@ -100,28 +179,34 @@ def test_without_labels_the_class_metrics_are_skipped_with_a_message(tmp_path, c
     assert "no class labels" in err
 
 
-def truncated_folder(root):
+def damaged_folder(root, case):
+    """40 good pictures and one damaged one, 7.png: truncated, empty, or a PNG signature
+    before a corrupt body."""
     digits, _ = synthetic_digits(40, seed=8)
     for index, digit in enumerate(digits):
         save_picture(root / f"{index}.png", digit, (28, 28))
     content = (root / "7.png").read_bytes()
-    (root / "7.png").write_bytes(content[: len(content) // 2])
+    damaged = {"truncated": content[: len(content) // 2], "empty": b"",
+               "corrupt": content[:8] + bytes(reversed(content[8:]))}[case]
+    (root / "7.png").write_bytes(damaged)
 
 
 @pytest.mark.parametrize("case, words", [
     ("missing", ["nowhere", "no such folder"]),
-    ("empty", ["no images"]),
-    ("truncated", ["7.png"]),
+    ("no pictures", ["no pictures"]),
+    ("truncated", ["7.png", "cannot read"]),
+    ("empty", ["7.png", "cannot read"]),
+    ("corrupt", ["7.png", "cannot read"]),
     ("too few", ["fewer than one batch", "--batch-size"]),
 ])
 def test_bad_folders_end_with_one_line_and_status_2(case, words, tmp_path, capsys):
     folder = tmp_path / ("nowhere" if case == "missing" else "pictures")
-    if case == "empty":
+    if case == "no pictures":
         folder.mkdir()
         (folder / "readme.txt").write_text("no pictures here")
-    elif case == "truncated":
+    elif case in ("truncated", "empty", "corrupt"):
         folder.mkdir()
-        truncated_folder(folder)
+        damaged_folder(folder, case)
     elif case == "too few":
         folder.mkdir()
         for index, digit in enumerate(synthetic_digits(20, seed=9)[0]):
@@ -133,3 +218,46 @@ def test_bad_folders_end_with_one_line_and_status_2(case, words, tmp_path, capsy
     for word in words:
         assert word in line, line
     assert not [name for name in os.listdir(out_dir) if name != ".lock"] if os.path.exists(out_dir) else True
+
+
+@pytest.fixture
+def loose_photos(tmp_path):
+    """Three photos of digits and one folder of two more, with a note among them."""
+    digits = synthetic_digits(10, seed=11)[0]
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"photo{index}.jpg"
+        path.write_bytes(photographed(digits[index], seed=index))
+        paths.append(str(path))
+    (tmp_path / "more").mkdir()
+    for index in (3, 4):
+        save_picture(tmp_path / "more" / f"drawn{index}.png", digits[index], (90, 70), dark_on_light=True)
+    (tmp_path / "more" / "notes.txt").write_text("not a picture")
+    return [*paths, str(tmp_path / "more")]
+
+
+def test_evaluate_prints_the_mse_of_each_loose_picture(trained_run, loose_photos, capsys):
+    checkpoint = os.path.join(trained_run, "best.pt")
+    assert evaluate.main([checkpoint, "--images", *loose_photos, "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [line for line in lines if " mse=" in line]
+    names = [os.path.basename(row.split(" mse=")[0]) for row in rows]
+    assert names == ["photo0.jpg", "photo1.jpg", "photo2.jpg", "drawn3.png", "drawn4.png"]
+    errors = [float(row.split(" mse=")[1]) for row in rows]
+    assert lines[-1] == f"test_mse={np.mean(errors):.7f}" and all(error > 0 for error in errors)
+    assert any("skipped 1 files that are not images (e.g. " in line for line in lines)
+
+
+def test_visualize_draws_each_loose_picture_above_its_reconstruction(trained_run, loose_photos, tmp_path):
+    out_dir = str(tmp_path / "drawn")
+    assert visualize.main(["--checkpoint", os.path.join(trained_run, "best.pt"), "--images", *loose_photos,
+                           "--device", "cpu", "--out-dir", out_dir]) == 0
+    assert os.listdir(out_dir) == ["pictures.png"]
+    picture = np.asarray(Image.open(os.path.join(out_dir, "pictures.png")).convert("L"))
+    assert picture.shape == (2 * 30 + 2, 5 * 30 + 2)
+
+
+def test_a_missing_loose_picture_ends_with_one_line(trained_run, tmp_path, capsys):
+    assert evaluate.main([os.path.join(trained_run, "best.pt"), "--images", str(tmp_path / "nowhere.jpg")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "nowhere.jpg" in line

@@ -47,7 +47,7 @@ MIN_LR = 1e-5  # the AMX run gained nothing in stage 2 once its lr was below thi
 LOSS_CHECK_EVERY = 50
 EXIT_NON_FINITE, EXIT_CANNOT_WRITE = 3, 4  # and data.EXIT_USAGE, 2, for bad flags or files
 # Flags whose change makes a continued run differ from an uninterrupted one.
-TRAINING_FLAGS = ["optimizer", "batch_size", "lr", "weight_decay", "ema_decay", "precision", "dataset", "subset",
+TRAINING_FLAGS = ["optimizer", "batch_size", "lr", "weight_decay", "ema_decay", "precision", "dataset", "plain_resize", "subset",
                   "plateau_factor", "plateau_patience", "plateau_threshold"]
 # What a checkpoint of this project holds beyond the reference's five keys, so that
 # --resume continues a run exactly.
@@ -367,7 +367,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.eval_only:
-        return evaluate.report(args.resume, args.data_dir, args.dataset, args.device, args.subset)
+        return evaluate.report(args.resume, args, args.subset)
     fast.keep_freed_memory()
     try:
         device = data.choose_device(args.device)
@@ -378,7 +378,8 @@ def main(argv=None):
         model, checkpoint = AutoEncoder().to(device), None
         if args.resume:
             model, checkpoint = load_checkpoint(args.resume, device)
-        (train_images, _), (test_images, _) = data.load_splits(args.data_dir, args.dataset, device, args.subset)
+        (train_images, _), (test_images, _) = data.load_splits(args.data_dir, args.dataset, device, args.subset,
+                                                               args.plain_resize)
         if len(train_images) < args.batch_size:
             raise UsageError(f"{len(train_images)} training images, fewer than one batch "
                              f"(--batch-size {args.batch_size}): add images or pass a smaller --batch-size")

@@ -14,6 +14,11 @@ writes into --out-dir:
 
 The curves come from the history.csv beside the checkpoint, or from the files named by
 --history (several are overlaid, e.g. this repo's run against the reference's).
+
+    python visualize.py --checkpoint best.pt --images photo.jpg my-digits/
+
+writes only pictures.png: each of your pictures, framed as MNIST frames its digits, above
+its reconstruction.
 """
 
 import argparse
@@ -53,6 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--out-dir", default="images", help="where the PNGs go (default: %(default)s)")
     parser.add_argument("--history", nargs="+", metavar="CSV", default=None,
                         help="history files to plot (default: history.csv beside the checkpoint)")
+    parser.add_argument("--images", nargs="+", metavar="PATH",
+                        help="pictures of your own, files or folders: only pictures.png, each picture framed as an "
+                             "MNIST digit above its reconstruction")
     parser.add_argument("--labels", nargs="+", metavar="NAME", default=None,
                         help="the curves' names in the legend, one per --history file (default: each file's folder)")
     args = parser.parse_args(argv)
@@ -73,11 +81,17 @@ def save_rows(rows, path):
 
 
 def draw_reconstructions(model, images, path):
-    """Top row: `images` (uint8); bottom row: their reconstructions."""
+    """`images` (uint8) in rows of at most NUM_RECONSTRUCTIONS, each row above a row of
+    their reconstructions; a short last row is filled with white."""
     originals = data.to_float(images)
     with torch.inference_mode():
         reconstructions = model(originals)[0].clamp(0, 1)
-    save_rows([originals, reconstructions], path)
+    width = min(len(images), NUM_RECONSTRUCTIONS)
+    rows = []
+    for start in range(0, len(images), width):
+        for row in (originals[start : start + width], reconstructions[start : start + width]):
+            rows.append(torch.cat([row, row.new_ones(width - len(row), *row.shape[1:])]))
+    save_rows(rows, path)
 
 
 def draw_homotopy(model, test_images, first, second, path):
@@ -180,17 +194,11 @@ def draw_curves(history_paths, labels, path):
     plt.close(figure)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        device = data.choose_device(args.device)
-        model, _ = load_checkpoint(args.checkpoint, device)
-        train_images, _ = data.load_split(args.data_dir, train=True, dataset=args.dataset)
-        test_images, test_labels = data.load_split(args.data_dir, train=False, dataset=args.dataset)
-        os.makedirs(args.out_dir, exist_ok=True)
-    except (CheckpointError, data.DataError, OSError) as error:
-        return data.fail(error)
-    model.eval()
+def draw_data_set(model, args, device):
+    """Every picture but the curves, from the test (and training) images of --dataset."""
+    train_images, _ = data.load_split(args.data_dir, train=True, dataset=args.dataset, plain_resize=args.plain_resize)
+    test_images, test_labels = data.load_split(args.data_dir, train=False, dataset=args.dataset,
+                                               plain_resize=args.plain_resize)
     train_images, test_images, test_labels = train_images.to(device), test_images.to(device), test_labels.to(device)
     out = functools.partial(os.path.join, args.out_dir)
     draw_reconstructions(model, test_images[:NUM_RECONSTRUCTIONS], out("reconstructions.png"))
@@ -211,13 +219,32 @@ def main(argv=None):
     if len(test_images) >= len(GRID_CORNERS):
         draw_interpolation_grid(model, test_images, out("interpolation_grid.png"))
 
+
+def draw_history(args):
     history_paths = args.history or [os.path.join(os.path.dirname(args.checkpoint), "history.csv")]
     labels = args.labels or [os.path.basename(os.path.dirname(os.path.abspath(p))) for p in history_paths]
     try:
-        draw_curves(history_paths, labels, out("curves.png"))
+        draw_curves(history_paths, labels, os.path.join(args.out_dir, "curves.png"))
     except (OSError, ValueError, KeyError) as error:
         print(f"skipped curves.png: cannot read the history {', '.join(history_paths)} ({error})",
               file=sys.stderr)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        device = data.choose_device(args.device)
+        model, _ = load_checkpoint(args.checkpoint, device)
+        os.makedirs(args.out_dir, exist_ok=True)
+        model.eval()
+        if args.images:
+            images, _ = data.read_pictures(data.picture_paths(args.images), args.plain_resize)
+            draw_reconstructions(model, images.to(device), os.path.join(args.out_dir, "pictures.png"))
+        else:
+            draw_data_set(model, args, device)
+            draw_history(args)
+    except (CheckpointError, data.DataError, OSError) as error:
+        return data.fail(error)
     print(f"wrote {', '.join(sorted(os.listdir(args.out_dir)))} into {args.out_dir}")
     return 0
 

@@ -29,6 +29,8 @@ VARIANTS = {
     "momentum0.9": ({"MUON_MOMENTUM": 0.9}, []),
     "ema0.998": ({}, ["--ema-decay", "0.998"]),
     "ema0.9995": ({}, ["--ema-decay", "0.9995"]),
+    "edges_on_adamw+adamw_lr_ratio0.5": ({"ADAMW_LAYERS": EDGE_LAYERS, "ADAMW_LR_RATIO": 0.5}, []),
+    "adamw_lr_ratio1": ({"ADAMW_LR_RATIO": 1.0}, []),
 }
 
 
