@@ -86,9 +86,10 @@ def paper_surface(picture):
             break
         coefficients = torch.linalg.lstsq(design[inliers], values[inliers, None]).solution
     spread = (values - (design @ coefficients)[:, 0]).abs().median()
-    y, x = (torch.arange(height, dtype=torch.float64) / height)[:, None], torch.arange(width, dtype=torch.float64) / width
-    c = coefficients[:, 0].tolist()
-    surface = c[0] + c[1] * y + c[2] * x + c[3] * y * y + c[4] * y * x + c[5] * x * x  # quadratic_terms, evaluated
+    y = (torch.arange(height, dtype=torch.float64) / height)[:, None]
+    x = torch.arange(width, dtype=torch.float64) / width
+    c = coefficients[:, 0].tolist()  # of quadratic_terms, evaluated on the whole grid at once
+    surface = c[0] + c[1] * y + c[2] * x + c[3] * y * y + c[4] * y * x + c[5] * x * x
     return surface.float(), 1.4826 * spread.item()
 
 

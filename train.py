@@ -47,8 +47,8 @@ MIN_LR = 1e-5  # the AMX run gained nothing in stage 2 once its lr was below thi
 LOSS_CHECK_EVERY = 50
 EXIT_NON_FINITE, EXIT_CANNOT_WRITE = 3, 4  # and data.EXIT_USAGE, 2, for bad flags or files
 # Flags whose change makes a continued run differ from an uninterrupted one.
-TRAINING_FLAGS = ["optimizer", "batch_size", "lr", "weight_decay", "ema_decay", "precision", "dataset", "plain_resize", "subset",
-                  "plateau_factor", "plateau_patience", "plateau_threshold"]
+TRAINING_FLAGS = ["optimizer", "batch_size", "lr", "weight_decay", "ema_decay", "precision", "dataset",
+                  "plain_resize", "subset", "plateau_factor", "plateau_patience", "plateau_threshold"]
 # What a checkpoint of this project holds beyond the reference's five keys, so that
 # --resume continues a run exactly.
 RESUME_KEYS = ["train_model_state_dict", "optimizer_state_dict", "scheduler_state_dict",

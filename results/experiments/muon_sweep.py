@@ -31,6 +31,10 @@ VARIANTS = {
     "ema0.9995": ({}, ["--ema-decay", "0.9995"]),
     "edges_on_adamw+adamw_lr_ratio0.5": ({"ADAMW_LAYERS": EDGE_LAYERS, "ADAMW_LR_RATIO": 0.5}, []),
     "adamw_lr_ratio1": ({"ADAMW_LR_RATIO": 1.0}, []),
+    "adamw_lr_ratio2": ({"ADAMW_LR_RATIO": 2.0}, []),
+    "edges_on_adamw+adamw_lr_ratio1": ({"ADAMW_LAYERS": EDGE_LAYERS, "ADAMW_LR_RATIO": 1.0}, []),
+    "adamw_lr_ratio1+ema0.998": ({"ADAMW_LR_RATIO": 1.0}, ["--ema-decay", "0.998"]),
+    "adamw_lr_ratio1+wd0": ({"ADAMW_LR_RATIO": 1.0}, ["--weight-decay", "0"]),
 }
 
 
