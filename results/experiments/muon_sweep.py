@@ -15,9 +15,11 @@ import train  # noqa: E402
 
 MATRIX_LAYERS = ("encoder.3", "decoder.1")  # the 3x3-to-1x1 convolution and its transpose
 EDGE_LAYERS = ("encoder.0.0", "decoder.4.1")  # 1 -> 16 and 16 -> 1 channels
-# name: (train.py constants, flags)
+# name: (train.py constants, flags). The first settings tried ("first") were train.py's
+# defaults of then; each variant changes them.
+FIRST = {"ADAMW_LAYERS": (), "ADAMW_LR_RATIO": 0.25}
 VARIANTS = {
-    "defaults": ({}, []),
+    "first_settings": ({}, []),
     "edges_on_adamw": ({"ADAMW_LAYERS": EDGE_LAYERS}, []),
     "matrix_layers_on_adamw": ({"ADAMW_LAYERS": MATRIX_LAYERS}, []),
     "lr0.04": ({}, ["--lr", "0.04"]),
@@ -41,7 +43,7 @@ VARIANTS = {
 def main():
     name, out_dir, *flags = sys.argv[1:]
     constants, variant_flags = VARIANTS[name]
-    for constant, value in constants.items():
+    for constant, value in {**FIRST, **constants}.items():
         setattr(train, constant, value)
     print(f"variant {name}: {constants} {variant_flags}", flush=True)
     return train.main(["--out-dir", out_dir, *flags, *variant_flags])
