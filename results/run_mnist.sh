@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A published MNIST run: the README's three commands, from scratch, timed as a whole.
-# usage: results/run_mnist.sh OUT_DIR   (results/mnist-avx2 on an AVX2-only CPU)
+# usage: results/run_mnist.sh OUT_DIR   (results/mnist came from /work/runs/mnist-muon)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$1 data=../shared/data

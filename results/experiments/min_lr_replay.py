@@ -1,7 +1,7 @@
 """Replay --min-lr on a finished run: where each value would have ended stage 2, and the
 best test MSE up to there against the best of all its epochs.
 
-    python results/experiments/min_lr_replay.py results/mnist-amx/history.csv
+    python results/experiments/min_lr_replay.py results/mnist-adamw-amx/history.csv
 
 A stage ends before the first epoch whose lr (the history's lr column, the lr that
 epoch trained with) is below --min-lr.

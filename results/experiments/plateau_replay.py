@@ -3,7 +3,7 @@ threshold would have trained with another lr than the run did. Up to that epoch 
 is what that threshold gives; stage 1 never reaching such an epoch means that threshold
 leaves stage 1 as it was.
 
-    python results/experiments/plateau_replay.py results/mnist-amx/history.csv
+    python results/experiments/plateau_replay.py results/mnist-adamw-amx/history.csv
 
 PyTorch's own scheduler is fed the run's test MSE, with train.py's default factor and
 patience.
