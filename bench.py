@@ -40,7 +40,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LEVERS = {
     "fp32 instead of --precision auto": (["--precision", "fp32"], ""),
     "without channels_last": ([], "channels_last"),
-    "without fused AdamW": ([], "fused_optimizer"),
+    "AdamW instead of Muon (the optimizer's own cost)": (["--optimizer", "adamw"], ""),
+    "AdamW without its fused kernel": (["--optimizer", "adamw"], "fused_optimizer"),
     "with nn's convolutions for the 1x1 layers": ([], "matrix_layers"),
     "with glibc's default allocator settings": ([], "keep_freed_memory"),
     "without the weight average (EMA)": (["--ema-decay", "0"], ""),
@@ -201,7 +202,7 @@ def main(argv=None):
                 continue
             for number, (name, (flags, levers_off)) in enumerate(LEVERS.items()):
                 [rate] = images_per_second([train_py(str(number), flags, levers_off)], num_images, args.rounds)
-                print(f"stage {stage}:   {name:<42} {rate:7.0f} img/s   ratio {rate / plain:.2f}x   "
+                print(f"stage {stage}:   {name:<48} {rate:7.0f} img/s   ratio {rate / plain:.2f}x   "
                       f"defaults {ours_rate / rate - 1:+.0%} faster", flush=True)
             [rate] = images_per_second([PlainLoop(args, stage, device, matrix_layers=True)], num_images, args.rounds)
             print(f"stage {stage}: plain loop with the matrix-product layers {rate:7.0f} img/s   "

@@ -7,10 +7,10 @@ import torch
 import muon
 
 
-def textbook_newton_schulz(matrix, steps=5):
-    """Muon's iteration as its authors write it, X <- a X + (b A + c A^2) X with A = X X^T, in float64."""
+def textbook_newton_schulz(matrix, steps=5, dtype=torch.float64):
+    """Muon's iteration as its authors write it, X <- a X + (b A + c A^2) X with A = X X^T."""
     a, b, c = muon.NEWTON_SCHULZ_COEFFICIENTS
-    x = matrix.double()
+    x = matrix.to(dtype)
     tall = x.size(0) > x.size(1)
     x = x.T if tall else x
     x = x / x.norm()
