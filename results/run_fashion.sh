@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The published Fashion-MNIST run, from Debian's dataset-fashion-mnist package (gzip IDX files):
 # 20 + 10 epochs, every other flag at its default, then its metrics, pictures and shared weights.
-# usage: results/run_fashion.sh OUT_DIR
+# usage: results/run_fashion.sh OUT_DIR   (results/fashion-mnist came from /work/runs/fashion-muon)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$1 data=data-fashion
