@@ -4,7 +4,8 @@ computed beyond rounding, and the project is correct with every lever off.
 Each gain is how much faster whole epochs (training and evaluation) run with the lever
 than without it, stage 1 / stage 2, measured by `python bench.py --levers` on a 2-core
 Xeon with AMX, bf16 (results/bench_amx.txt) and on an AMD EPYC with AVX2 only, fp32, one
-thread (results/bench_avx2_levers.txt); differences of about 5% are within those runs' noise.
+thread (results/bench_avx2_levers.txt); differences of about 5% (AVX2) and 10-30% (that
+Xeon) are within those runs' noise.
 bench.py turns a lever off by naming it in the environment variable FAST_LEVERS_OFF.
 """
 
@@ -18,16 +19,16 @@ import torch.nn.functional as F
 
 LEVERS_OFF = set(os.environ.get("FAST_LEVERS_OFF", "").split(","))
 
-# With --optimizer adamw (measured before Muon became the default): AMX 11% / 17%, AVX2
-# 3% / 4%. AdamW's fused kernel does one pass over all parameters per step instead of a
-# dozen small operations per tensor.
+# With --optimizer adamw: AMX -9% / 11% (within that run's noise), AVX2 3% / 4% (measured
+# before Muon became the default). AdamW's fused kernel does one pass over all parameters
+# per step instead of a dozen small operations per tensor.
 FUSED_OPTIMIZER = "fused_optimizer" not in LEVERS_OFF
 
 
 def keep_freed_memory():
     """Have the C library keep freed memory for reuse instead of returning it to the OS.
 
-    AMX 8% / 17%, AVX2 14% / 5%: glibc hands large freed blocks back to the OS, so every step
+    AMX 32% / 0%, AVX2 14% / 5%: glibc hands large freed blocks back to the OS, so every step
     faults its activations in again page by page; PyTorch's CPU tuning guide swaps in
     jemalloc or TCMalloc for this, two mallopt settings need nothing installed.
     Returns False where there is no mallopt (macOS, Windows), which changes nothing there.
@@ -53,7 +54,7 @@ def training_precision(precision, device):
     """The training arithmetic, (bf16, why): with --precision auto, bf16 autocast only where
     the device computes bf16 in hardware, fp32 elsewhere, where bf16 is emulated and slower.
 
-    AMX 34% / 27% (`--precision fp32` is the lever). CUDA GPUs of compute capability 8.0
+    AMX 16% / 12% (`--precision fp32` is the lever). CUDA GPUs of compute capability 8.0
     and later (A100, RTX 30xx, L4, H100) have bf16 tensor cores; a T4, V100 or P100 does
     not, and torch.cuda.is_bf16_supported() answers True there because it counts
     emulation. CPUs: AMX (Xeon 4th generation and later) or AVX512-BF16 (Zen 4 and later).
@@ -117,7 +118,7 @@ class PointInputConvTranspose2d(nn.ConvTranspose2d):
 
 
 def with_matrix_product_layers(model):
-    """`model` with its two 1x1 layers computed as matrix products (AMX 16% / 22%, AVX2
+    """`model` with its two 1x1 layers computed as matrix products (AMX 15% / 8%, AVX2
     9% / 0%). The parameters and state_dict keys stay as they are."""
     for layers, index, fast_class in ((model.encoder, 3, WholeInputConv2d),
                                       (model.decoder, 1, PointInputConvTranspose2d)):
@@ -129,7 +130,7 @@ def with_matrix_product_layers(model):
 
 def prepare_model(model):
     """The model as it trains fastest: the matrix-product layers, and channels_last
-    (NHWC) memory, which oneDNN's CPU convolutions and GPUs run faster (AMX 31% / 36%,
+    (NHWC) memory, which oneDNN's CPU convolutions and GPUs run faster (AMX 55% / 8%,
     AVX2 29% / 26%)."""
     if "matrix_layers" not in LEVERS_OFF:
         model = with_matrix_product_layers(model)
