@@ -57,10 +57,11 @@ def newton_schulz_times(optimizer):
     ways = {"muon.py": muon.orthogonalize,
             "textbook fp32": lambda m: textbook_newton_schulz(m, dtype=torch.float32),
             "textbook bf16": lambda m: textbook_newton_schulz(m, dtype=torch.bfloat16)}
+    totals = dict.fromkeys(ways, 0.0)
     for matrix in matrices:
-        times = ", ".join(f"{way} {median_ms(function, matrix):.2f} ms" for way, function in ways.items())
-        print(f"  {tuple(matrix.shape)}: {times}")
-    totals = {way: sum(median_ms(function, m) for m in matrices) for way, function in ways.items()}
+        times = {way: median_ms(function, matrix) for way, function in ways.items()}
+        print(f"  {tuple(matrix.shape)}: " + ", ".join(f"{way} {ms:.2f} ms" for way, ms in times.items()))
+        totals = {way: totals[way] + times[way] for way in ways}
     print("  all of them: " + ", ".join(f"{way} {total:.2f} ms" for way, total in totals.items()))
 
 
