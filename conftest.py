@@ -2,7 +2,7 @@
 
 The tests run the project's real code path (torchvision's MNIST reader included) on it,
 so they need neither the internet nor ../shared. Tests marked `slow` (real MNIST, the
-shipped weights, bench.py) run only with --run-slow, as .ci/run does.
+shipped weights, results/bench.py) run only with --run-slow, as .ci/run does.
 """
 
 import os

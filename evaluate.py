@@ -1,4 +1,4 @@
-"""Test metrics of a trained autoencoder; train.py --eval-only prints the same ones.
+"""Test metrics of a trained autoencoder.
 
     python evaluate.py best.pt --data-dir ./data
     python evaluate.py best.pt --images photo.jpg my-digits/
@@ -16,12 +16,11 @@ import torch
 import torch.nn.functional as F
 
 import data
-import fast
+from data import say
 from model import CheckpointError, load_checkpoint
+from train import EVAL_BATCH_SIZE, per_image_mse
 
-# Images per evaluation batch: 200 measured fastest on a CPU (1,000 images of activations
-# overflow its caches); a GPU is kept busy by larger ones (not measured here: no GPU was lent).
-EVAL_BATCH_SIZE = {"cpu": 200, "cuda": 2000, "mps": 2000}
+CLASS_WORDS = {"mnist": "digit", "fashion-mnist": "class", "images": "class"}  # in metric names
 WARP_SEED = 2024  # the fixed draw of augmentation parameters behind warped_test_mse
 KNN_NEIGHBOURS = 5
 KNN_CHUNK = 500  # test codes per distance matrix: 500 x 60,000 floats is 120 MB
@@ -29,23 +28,11 @@ KNN_CHUNK = 500  # test codes per distance matrix: 500 x 60,000 floats is 120 MB
 COARSE_METRICS = ("test_psnr", "knn_accuracy")
 
 
-def per_image_mse(model, images):
-    """Mean squared error of each image's reconstruction, float64 [N] on the CPU."""
-    model.eval()
-    errors = []
-    with torch.inference_mode():
-        for batch in data.ordered_batches(images, EVAL_BATCH_SIZE.get(images.device.type, 200)):
-            reconstruction, _ = model(batch)
-            errors.append((reconstruction - batch).pow(2).mean(dim=(1, 2, 3)))
-    return torch.cat(errors).cpu().double()
-
-
 def latent_codes(model, images):
     """The encoder's 128 numbers for each image, [N, 128]."""
     model.eval()
-    batch_size = EVAL_BATCH_SIZE.get(images.device.type, 200)
     with torch.inference_mode():
-        return torch.cat([model.encoder(batch) for batch in data.ordered_batches(images, batch_size)])
+        return torch.cat([model.encoder(batch) for batch in data.batches(images, EVAL_BATCH_SIZE)])
 
 
 def warped_copy(images, seed=WARP_SEED):
@@ -96,38 +83,25 @@ def test_metrics(model, train_split, test_split, class_word="digit"):
     return metrics
 
 
-def report(checkpoint_path, args, subset=None):
-    """Print a checkpoint's metrics on the data set that `args` names (data_dir, dataset,
-    plain_resize, device) as name=value lines: evaluate.py's and train.py --eval-only's
-    output. The model is prepared as train.py evaluates it, so test_mse repeats the
-    checkpoint's own. Returns the exit status; a bad file or flag is one line on stderr."""
-    try:
-        device = data.choose_device(args.device)
-        model, _ = load_checkpoint(checkpoint_path, device)
-        splits = data.load_splits(args.data_dir, args.dataset, device, subset, args.plain_resize)
-    except (CheckpointError, data.DataError) as error:
-        return data.fail(error)
+def report(model, args):
+    """Print the metrics of `model` on the data set that `args` names, as name=value lines."""
+    splits = data.load_splits(args.data_dir, args.dataset, model.encoder[0][0].weight.device, None, args.plain_resize)
     if not is_labelled(splits[0][1], splits[1][1]):
-        print("no class labels (images outside class subfolders): knn_accuracy and the per-class MSE "
-              "are skipped", file=sys.stderr)
-    for name, value in test_metrics(fast.prepare_model(model), *splits, data.CLASS_WORDS[args.dataset]).items():
-        print(f"{name}={value:.4f}" if name in COARSE_METRICS else f"{name}={value:.7f}")
-    return 0
+        say("no class labels (images outside class subfolders): knn_accuracy and the per-class MSE are skipped",
+            file=sys.stderr)
+    for name, value in test_metrics(model, *splits, CLASS_WORDS[args.dataset]).items():
+        say(f"{name}={value:.4f}" if name in COARSE_METRICS else f"{name}={value:.7f}")
 
 
-def report_pictures(checkpoint_path, args):
+def report_pictures(model, args):
     """Print the MSE of each picture that --images names, then test_mse of them all."""
-    try:
-        device = data.choose_device(args.device)
-        model, _ = load_checkpoint(checkpoint_path, device)
-        images, paths = data.read_pictures(data.picture_paths(args.images), args.plain_resize)
-    except (CheckpointError, data.DataError) as error:
-        return data.fail(error)
-    errors = per_image_mse(fast.prepare_model(model), images.to(device))
+    import pictures
+
+    images, paths = pictures.read_pictures(pictures.picture_paths(args.images), args.plain_resize)
+    errors = per_image_mse(model, images.to(model.encoder[0][0].weight.device))
     for path, error in zip(paths, errors.tolist()):
-        print(f"{path} mse={error:.7f}")
-    print(f"test_mse={errors.mean().item():.7f}")
-    return 0
+        say(f"{path} mse={error:.7f}")
+    say(f"test_mse={errors.mean().item():.7f}")
 
 
 def parse_args(argv=None):
@@ -141,9 +115,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.images:
-        return report_pictures(args.checkpoint, args)
-    return report(args.checkpoint, args)
+    try:
+        model, _ = load_checkpoint(args.checkpoint, data.choose_device(args.device))
+        model = model.to(memory_format=torch.channels_last)  # as train.py evaluates it: the same test_mse
+        (report_pictures if args.images else report)(model, args)
+    except (CheckpointError, data.InputError) as error:
+        return data.fail(error)
+    except KeyboardInterrupt:
+        return data.fail("stopped by Ctrl-C", 130)
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,10 +18,19 @@ and sit at their centre of mass already. `plain_resize` instead squeezes the who
 picture to 28x28, for pictures that already fill their frame as the model expects.
 """
 
+import functools
+import os
+import sys
+import warnings
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+import data
 
 IMAGE_SIZE = 28
 BOX = 20  # MNIST's box for the digit
@@ -34,6 +43,9 @@ HALF_GREY = 0.5 / 255  # the least a pixel must exceed the paper by to count as 
 PIECES_GRID = 64
 SPECK_FRACTION = 0.05  # ink pieces with less than this share of the largest piece's ink are noise
 MIN_CONTRAST = 0.1  # ink less bright than this above the paper is no ink: a blank picture
+TEST_FRACTION = 0.1  # of a folder of pictures without train/ and test/
+SPLIT_SEED = 0
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 OPENABLE = {extension for extension, kind in Image.registered_extensions().items() if kind in Image.OPEN}
 
 
@@ -46,17 +58,23 @@ class Unreadable(Exception):
 
 
 def read_gray(path):
-    """The picture at `path` as uint8 [H, W], upright (its EXIF orientation
-    applied, as a phone's photo needs), transparent parts as white paper."""
+    """The picture at `path` as uint8 [H, W], upright (its EXIF orientation applied, as a
+    phone's photo needs), 16-bit grey scaled to 8 bits, transparent parts as white paper."""
     is_picture = path.lower().endswith(tuple(OPENABLE))
     try:
-        with Image.open(path) as picture:
+        with warnings.catch_warnings(), Image.open(path) as picture:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large photos are read shrunk
             picture.draft("L", (WORKING_SIZE, WORKING_SIZE))  # a JPEG decodes straight at a smaller size
             picture = ImageOps.exif_transpose(picture)
+            if picture.mode in SIXTEEN_BIT_MODES:
+                picture = Image.fromarray((np.asarray(picture, dtype=np.float64) / 257).clip(0, 255).round()
+                                          .astype(np.uint8))
             if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
                 white = Image.new("RGBA", picture.size, "white")
                 picture = Image.alpha_composite(white, picture.convert("RGBA"))
             gray = picture.convert("L")  # decodes the whole file: a truncated one fails here
+    except Image.DecompressionBombError as error:
+        raise Unreadable(f"{error.args[0].split(' could')[0]}, more than Pillow opens safely; shrink it") from None
     except UnidentifiedImageError as error:
         if is_picture:
             raise Unreadable(f"Pillow cannot decode it ({error})") from None
@@ -191,3 +209,86 @@ def read_picture(path, plain_resize=False):
     gray = read_gray(path)
     return plain_resized(gray) if plain_resize else frame_like_mnist(gray)
 
+
+
+def picture_paths(paths):
+    """The files that `paths` name: files as they are, folders walked (sorted)."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(top, name) for top, _, names in os.walk(path) for name in names)
+        elif os.path.exists(path):
+            files.append(path)
+        else:
+            raise data.InputError(f"{path}: no such file or folder")
+    return files
+
+
+def read_pictures(paths, plain_resize=False, folder=None):
+    """The pictures among `paths` as uint8 [N, 28, 28], and the paths of those kept. Files that
+    are not pictures (links to nothing too) are skipped and counted, a picture without ink is
+    skipped and named; a file named as a picture that cannot be decoded is a InputError."""
+    images, kept, skipped = [], [], []
+    shown = sys.stderr.isatty() and len(paths) >= 1000  # framing takes a few ms a picture
+    for path in tqdm(paths, desc="reading pictures", leave=False, disable=not shown):
+        name = os.path.relpath(path, folder) if folder else path
+        try:
+            if not os.path.isfile(path):  # a link to nothing, a socket, ...
+                raise NotAnImage(path)
+            image = read_picture(path, plain_resize)
+        except NotAnImage:
+            skipped.append(name)
+            continue
+        except Unreadable as error:
+            raise data.InputError(f"{path}: cannot read this image: {error}") from None
+        if image is None:
+            data.say(f"skipped {name}: no ink found (a blank picture?)")
+            continue
+        images.append(image)
+        kept.append(path)
+    if skipped:
+        data.say(f"{folder or 'the files given'}: skipped {len(skipped)} files that are not images "
+                 f"(e.g. {skipped[0]})")
+    if not images:
+        raise data.InputError(f"{folder or ' '.join(paths)}: no pictures with ink found (PNG, JPEG, BMP, ...)")
+    return torch.stack(images), kept
+
+
+@functools.cache
+def read_folder(folder, plain_resize=False):
+    """Every picture under `folder` as uint8 [N, 28, 28], and each one's subfolder name (None
+    for a picture in `folder` itself)."""
+    images, kept = read_pictures(picture_paths([folder]), plain_resize, folder)
+    parts = [os.path.relpath(path, folder).split(os.sep) for path in kept]
+    return images, tuple(part[0] if len(part) > 1 else None for part in parts)
+
+
+def class_labels(classes, all_classes):
+    """Labels 0, 1, ... in sorted order of the subfolder names; NO_LABEL for all if any picture
+    of the data set lies outside a subfolder."""
+    if None in all_classes:
+        return torch.full((len(classes),), data.NO_LABEL)
+    names = sorted(set(all_classes))
+    return torch.tensor([names.index(name) for name in classes])
+
+
+def folder_split(root, train, plain_resize=False):
+    """One split of a folder of pictures, as data.load_split returns it: root/train/ and
+    root/test/, or else a seeded TEST_FRACTION of all the pictures in root is the test set."""
+    if not os.path.isdir(root):
+        raise data.InputError(f"--data-dir {root}: no such folder")
+    folders = [os.path.join(root, "train"), os.path.join(root, "test")]
+    present = [os.path.isdir(folder) for folder in folders]
+    if any(present) and not all(present):
+        have, lack = ("train", "test") if present[0] else ("test", "train")
+        raise data.InputError(f"--data-dir {root} has {have}/ but no {lack}/: add {lack}/, or put the class "
+                             f"folders in {root} itself to have a tenth kept for testing")
+    if not any(present):
+        images, classes = read_folder(root, plain_resize)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        num_test = max(1, round(TEST_FRACTION * len(images)))
+        chosen = order[num_test:] if train else order[:num_test]
+        return images[chosen], class_labels(classes, classes)[chosen]
+    both = [read_folder(folder, plain_resize) for folder in folders]
+    images, classes = both[0] if train else both[1]
+    return images, class_labels(classes, both[0][1] + both[1][1])

@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 import torch
 
-import checkpoints
+import evaluate
 import train
 import visualize
 from conftest import write_idx
@@ -106,22 +106,16 @@ def test_bad_resume_files_fail_cleanly(run_dir, tiny_mnist, tmp_path, cli):
     assert snapshot(run_dir) == before
 
 
-def test_resume_with_another_optimizer_says_which_flag_continues_it(tiny_mnist, tmp_path, cli):
-    adamw_run = str(tmp_path / "adamw")
-    flags = ["--data-dir", tiny_mnist, "--out-dir", adamw_run, "--batch-size", "32", "--device", "cpu"]
-    assert cli(train, *flags, "--epochs", "1", "--optimizer", "adamw").returncode == 0
-    last = os.path.join(adamw_run, "last.pt")
-    before = snapshot(adamw_run)
-    assert_clean_failure(cli(train, *flags, "--epochs", "2", "--resume", last), "last.pt", "--optimizer adamw")
-    assert snapshot(adamw_run) == before
-    assert_clean_failure(cli(train, *flags, "--epochs", "2", "--resume", last, "--optimizer", "adamw",
-                             "--weight-decay", "0"), "last.pt", "--weight-decay 0.01")
-    # A checkpoint of this repo from before Muon: AdamW, and no --optimizer among its flags.
-    checkpoint = torch.load(last, weights_only=True)
-    del checkpoint["args"]["optimizer"]
-    torch.save(checkpoint, last)
-    assert_clean_failure(cli(train, *flags, "--epochs", "2", "--resume", last), "last.pt", "--optimizer adamw")
-    assert cli(train, *flags, "--epochs", "2", "--resume", last, "--optimizer", "adamw").returncode == 0
+def test_a_checkpoint_of_the_earlier_layout_says_what_to_do(run_dir, tiny_mnist, tmp_path, cli):
+    # Before muon.py used torch.optim.AdamW, one optimizer held every parameter.
+    checkpoint = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
+    checkpoint["optimizer_state_dict"] = checkpoint.pop("optimizer_state_dicts")[0]
+    del checkpoint["history"]
+    old = str(tmp_path / "old.pt")
+    torch.save(checkpoint, old)
+    flags = ["--data-dir", tiny_mnist, "--epochs", "3", "--batch-size", "32", "--device", "cpu", "--resume", old]
+    assert_clean_failure(cli(train, *flags, "--out-dir", tmp_path / "again"), "old.pt", "--stage 2")
+    assert cli(train, *flags, "--stage", "2", "--out-dir", tmp_path / "stage2").returncode == 0
 
 
 class RunsCode:
@@ -145,8 +139,7 @@ def test_checkpoint_that_runs_code_is_refused(run_dir, tiny_mnist, tmp_path, cli
     assert not os.path.exists(marker)
     result = cli(visualize, "--checkpoint", evil, "--data-dir", tiny_mnist, "--out-dir", tmp_path / "img")
     assert_clean_failure(result, "evil.pt")
-    result = cli(checkpoints, evil, tmp_path / "copy.pt")
-    assert_clean_failure(result, "evil.pt")
+    assert_clean_failure(cli(evaluate, evil, "--data-dir", tiny_mnist), "evil.pt")
     assert not os.path.exists(marker)
     assert snapshot(run_dir) == before
 
@@ -159,10 +152,13 @@ def test_checkpoint_that_runs_code_is_refused(run_dir, tiny_mnist, tmp_path, cli
     (["--lr", "-0.1"], "--lr"),
     (["--lr", "5e-6"], "--min-lr"),
     (["--weight-decay", "-0.01"], "--weight-decay"),
-    (["--plateau-patience", "-1"], "--plateau-patience"),
-    (["--plateau-threshold", "-0.1"], "--plateau-threshold"),
-    (["--plateau-factor", "1.5"], "--plateau-factor"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--min-lr", "-1"], "--min-lr"),
     (["--ema-decay", "1"], "--ema-decay"),
+    (["--seed", str(2**64)], "--seed"),
+    (["--seed", "-1"], "--seed"),
+    (["--subset", "0"], "--subset"),
 ])
 def test_nonsense_flags_are_refused_before_anything_is_written(flags, word, tiny_mnist, tmp_path, cli):
     out_dir = tmp_path / "run"
@@ -305,19 +301,49 @@ def test_continuing_with_changed_flags_says_so_and_goes_on_with_them(run_dir, ti
     assert last_row[:2] == ["1", "3"] and float(last_row[4]) == pytest.approx(0.001)
 
 
-def test_a_run_stopped_after_resuming_from_best_pt_says_what_last_pt_holds(run_dir, tiny_mnist, monkeypatch, cli):
-    # best.pt and last.pt both hold epoch 2 here; make last.pt an epoch the resumed run never saw.
-    last = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)
-    torch.save({**last, "epoch": 7}, os.path.join(run_dir, "last.pt"))
-
-    def interrupted(*args):
-        raise checkpoints.Stopped(signal.SIGINT)
+def test_a_run_stopped_before_its_first_epoch_says_the_same_command_continues(run_dir, tiny_mnist, monkeypatch, cli):
+    def interrupted(run, *args):
+        run.stop.append(signal.SIGINT)
+        raise train.Stopped()
 
     monkeypatch.setattr(train, "train_epoch", interrupted)
     result = cli(train, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "4", "--device", "cpu",
-                 "--batch-size", "32", "--resume", os.path.join(run_dir, "best.pt"))
+                 "--batch-size", "32", "--resume", os.path.join(run_dir, "last.pt"))
     assert result.returncode == 130
-    assert "no epoch was saved; run the same command again" in result.stderr and "epoch 2" not in result.stderr
+    assert "SIGINT" in result.stderr and "no epoch was saved; run the same command again" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["weights-only copy", "stage 2 resumed as stage 1", "stage 1 resumed from best.pt",
+                                  "stage 2 again"])
+def test_no_command_but_a_continuation_writes_over_a_finished_run(case, run_dir, tiny_mnist, cli):
+    """Each of these used to start at epoch 1 and write over the run's best.pt, last.pt or history.csv."""
+    flags = ["--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "3", "--batch-size", "32", "--device", "cpu"]
+    best, last = os.path.join(run_dir, "best.pt"), os.path.join(run_dir, "last.pt")
+    if case == "weights-only copy":
+        weights = os.path.join(run_dir, "autoencoder.pt")
+        torch.save({"model_state_dict": torch.load(best, weights_only=True)["model_state_dict"]}, weights)
+        command, words = [*flags, "--resume", weights], ["--resume", "last.pt", "--overwrite"]
+    elif case == "stage 1 resumed from best.pt":
+        command, words = [*flags, "--resume", best], ["--resume", "last.pt", "--overwrite"]
+    else:
+        assert cli(train, *flags, "--stage", "2", "--resume", best).returncode == 0
+        command = [*flags, "--resume", last] if case == "stage 2 resumed as stage 1" else [
+            *flags, "--stage", "2", "--resume", os.path.join(run_dir, "stage1_best.pt")]
+        words = ["--resume", "last.pt --stage 2", "--overwrite"]
+    before = snapshot(run_dir)
+    assert_clean_failure(cli(train, *command), run_dir, *words)
+    assert snapshot(run_dir) == before
+
+
+def test_stage_two_from_stage_ones_last_pt_keeps_both_stage_one_checkpoints(run_dir, tiny_mnist, cli):
+    stage_one = snapshot(run_dir)
+    assert cli(train, "--data-dir", tiny_mnist, "--out-dir", run_dir, "--epochs", "1", "--batch-size", "32",
+               "--device", "cpu", "--stage", "2", "--resume", os.path.join(run_dir, "last.pt")).returncode == 0
+    after = snapshot(run_dir)
+    assert after["stage1_best.pt"] == stage_one["best.pt"] and after["stage1_last.pt"] == stage_one["last.pt"]
+    rows = after["history.csv"].decode().strip().splitlines()
+    assert rows[1:] == stage_one["history.csv"].decode().strip().splitlines()[1:] + [rows[-1]]
+    assert rows[-1].startswith("2,1,")
 
 
 def start_training(tiny_mnist, out_dir, *extra):

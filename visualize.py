@@ -22,6 +22,7 @@ its reconstruction.
 """
 
 import argparse
+import csv
 import functools
 import os
 import sys
@@ -34,9 +35,10 @@ import torch  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 import data  # noqa: E402
-from checkpoints import read_history  # noqa: E402
-from evaluate import is_labelled, latent_codes, per_image_mse  # noqa: E402
+from data import say  # noqa: E402
+from evaluate import CLASS_WORDS, is_labelled, latent_codes  # noqa: E402
 from model import CheckpointError, load_checkpoint  # noqa: E402
+from train import per_image_mse  # noqa: E402
 
 NUM_RECONSTRUCTIONS = 32
 # Test-set indices of the digit pairs to morph: 7 -> 2, 1 -> 0, 4 -> 1.
@@ -49,6 +51,7 @@ SAMPLE_SEED = 0
 # Test-set indices of the four corner digits of the interpolation grid: 7, 2, 1, 0.
 GRID_CORNERS = (0, 1, 2, 3)
 GRID_SIDE = 10
+CURVES = ("stage", "train_loss", "test_loss", "lr")  # the columns of history.csv that are drawn
 
 
 def parse_args(argv=None):
@@ -66,6 +69,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.labels and len(args.labels) != len(args.history or [None]):
         parser.error(f"--labels names {len(args.labels)} curves, --history gives {len(args.history or [None])}")
+    out_dir, data_dir = os.path.abspath(args.out_dir), os.path.abspath(args.data_dir)
+    if args.dataset == "images" and not args.images and os.path.commonpath([out_dir, data_dir]) == data_dir:
+        parser.error(f"--out-dir {args.out_dir} lies in --data-dir {args.data_dir}: the PNGs would be read as your "
+                     f"pictures next time; pass another --out-dir")
     return args
 
 
@@ -105,7 +112,7 @@ def draw_homotopy(model, test_images, first, second, path):
     save_rows([morph, originals], path)
 
 
-def draw_latent_pca(test_codes, test_labels, path, label_name="digit"):
+def draw_latent_pca(test_codes, test_labels, label_name, path):
     """The test codes on their first two principal components, one colour per digit."""
     codes = test_codes.float().cpu()
     _, _, components = torch.pca_lowrank(codes, q=2, center=True)
@@ -125,7 +132,7 @@ def draw_latent_pca(test_codes, test_labels, path, label_name="digit"):
     plt.close(figure)
 
 
-def draw_per_digit_error(errors, test_labels, path, label_name="digit"):
+def draw_per_digit_error(errors, test_labels, label_name, path):
     labels = test_labels.cpu()
     num_classes = int(labels.max()) + 1
     means = [errors[labels == digit].mean().item() for digit in range(num_classes)]
@@ -166,10 +173,19 @@ def draw_interpolation_grid(model, test_images, path):
 
 
 def read_curves(path):
-    rows = read_history(path)
+    """The stage, losses and lr of each row of a history.csv; a ValueError names a row that is not numbers."""
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
     if not rows:
         raise ValueError("it has no rows")
-    return {key: [float(row[key]) for row in rows] for key in ("stage", "train_loss", "test_loss", "lr")}
+    curves = {key: [] for key in CURVES}
+    for line, row in enumerate(rows, start=2):
+        try:
+            for key in CURVES:
+                curves[key].append(float(row[key]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"line {line} is not a row of numbers (cut short?)") from None
+    return curves
 
 
 def draw_curves(history_paths, labels, path):
@@ -195,29 +211,34 @@ def draw_curves(history_paths, labels, path):
 
 
 def draw_data_set(model, args, device):
-    """Every picture but the curves, from the test (and training) images of --dataset."""
-    train_images, _ = data.load_split(args.data_dir, train=True, dataset=args.dataset, plain_resize=args.plain_resize)
-    test_images, test_labels = data.load_split(args.data_dir, train=False, dataset=args.dataset,
-                                               plain_resize=args.plain_resize)
-    train_images, test_images, test_labels = train_images.to(device), test_images.to(device), test_labels.to(device)
+    """Every picture but the curves, from the test (and training) images of --dataset; a picture that
+    needs more images than there are is named and skipped."""
+    (train_images, _), (test_images, test_labels) = data.load_splits(args.data_dir, args.dataset, device, None,
+                                                                     args.plain_resize)
     out = functools.partial(os.path.join, args.out_dir)
-    draw_reconstructions(model, test_images[:NUM_RECONSTRUCTIONS], out("reconstructions.png"))
+
+    def draw(name, needed, have, function, *arguments):
+        if have >= needed:
+            function(*arguments, out(name))
+        else:
+            say(f"skipped {name}: it needs {needed} images, there are {have}", file=sys.stderr)
+
+    draw("reconstructions.png", 1, len(test_images), draw_reconstructions, model, test_images[:NUM_RECONSTRUCTIONS])
     for number, (first, second) in enumerate(HOMOTOPY_PAIRS, start=1):
-        if second < len(test_images):
-            draw_homotopy(model, test_images, first, second, out(f"homotopy_{number}.png"))
+        draw(f"homotopy_{number}.png", second + 1, len(test_images), draw_homotopy, model, test_images, first, second)
     errors = per_image_mse(model, test_images)
-    label_name = data.CLASS_WORDS[args.dataset]
+    label_name = CLASS_WORDS[args.dataset]
     if is_labelled(test_labels):
-        draw_latent_pca(latent_codes(model, test_images), test_labels, out("latent_pca.png"), label_name)
-        draw_per_digit_error(errors, test_labels, out("per_digit_error.png"), label_name)
+        draw("latent_pca.png", 2, len(test_images), draw_latent_pca, latent_codes(model, test_images), test_labels,
+             label_name)
+        draw("per_digit_error.png", 1, len(test_images), draw_per_digit_error, errors, test_labels, label_name)
     else:
-        print("no class labels (images outside class subfolders): skipped latent_pca.png and "
-              "per_digit_error.png", file=sys.stderr)
+        say("no class labels (images outside class subfolders): skipped latent_pca.png and per_digit_error.png",
+            file=sys.stderr)
     worst = errors.topk(min(NUM_WORST, len(errors))).indices.to(device)
-    draw_reconstructions(model, test_images[worst], out("worst.png"))
-    draw_samples(model, latent_codes(model, train_images), out("samples.png"))
-    if len(test_images) >= len(GRID_CORNERS):
-        draw_interpolation_grid(model, test_images, out("interpolation_grid.png"))
+    draw("worst.png", 1, len(test_images), draw_reconstructions, model, test_images[worst])
+    draw("samples.png", 2, len(train_images), draw_samples, model, latent_codes(model, train_images))
+    draw("interpolation_grid.png", len(GRID_CORNERS), len(test_images), draw_interpolation_grid, model, test_images)
 
 
 def draw_history(args):
@@ -225,9 +246,8 @@ def draw_history(args):
     labels = args.labels or [os.path.basename(os.path.dirname(os.path.abspath(p))) for p in history_paths]
     try:
         draw_curves(history_paths, labels, os.path.join(args.out_dir, "curves.png"))
-    except (OSError, ValueError, KeyError) as error:
-        print(f"skipped curves.png: cannot read the history {', '.join(history_paths)} ({error})",
-              file=sys.stderr)
+    except (OSError, ValueError, csv.Error) as error:
+        say(f"skipped curves.png: cannot read the history {', '.join(history_paths)} ({error})", file=sys.stderr)
 
 
 def main(argv=None):
@@ -235,17 +255,22 @@ def main(argv=None):
     try:
         device = data.choose_device(args.device)
         model, _ = load_checkpoint(args.checkpoint, device)
+        if not all(torch.isfinite(weight).all() for weight in model.state_dict().values()):
+            raise data.InputError(f"{args.checkpoint}: its weights hold NaN or inf (a diverged run?), nothing to draw")
         os.makedirs(args.out_dir, exist_ok=True)
-        model.eval()
         if args.images:
-            images, _ = data.read_pictures(data.picture_paths(args.images), args.plain_resize)
-            draw_reconstructions(model, images.to(device), os.path.join(args.out_dir, "pictures.png"))
+            import pictures
+
+            images, _ = pictures.read_pictures(pictures.picture_paths(args.images), args.plain_resize)
+            draw_reconstructions(model.eval(), images.to(device), os.path.join(args.out_dir, "pictures.png"))
         else:
-            draw_data_set(model, args, device)
+            draw_data_set(model.eval(), args, device)
             draw_history(args)
-    except (CheckpointError, data.DataError, OSError) as error:
+    except (CheckpointError, data.InputError, OSError) as error:
         return data.fail(error)
-    print(f"wrote {', '.join(sorted(os.listdir(args.out_dir)))} into {args.out_dir}")
+    except KeyboardInterrupt:
+        return data.fail("stopped by Ctrl-C", 130)
+    say(f"wrote {', '.join(sorted(os.listdir(args.out_dir)))} into {args.out_dir}")
     return 0
 
 
