@@ -5,7 +5,9 @@ so they need neither the internet nor ../shared. Tests marked `slow` (real MNIST
 shipped weights, results/bench.py) run only with --run-slow, as .ci/run does.
 """
 
+import collections
 import os
+import shutil
 import struct
 
 import pytest
@@ -83,3 +85,46 @@ def trained_run(tiny_mnist, tmp_path_factory):
     assert train.main(["--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", "2",
                        "--batch-size", "32", "--device", "cpu"]) == 0
     return out_dir
+
+
+Result = collections.namedtuple("Result", "returncode stdout stderr")  # of a script's main() called by `cli`
+
+
+@pytest.fixture
+def cli(capsys):
+    """Call a script's main() with string arguments, as its command line would; returns a Result."""
+
+    def call(script, *args):
+        capsys.readouterr()
+        try:
+            status = script.main([str(arg) for arg in args])
+        except SystemExit as exit:  # argparse's way out
+            status = exit.code
+        out, err = capsys.readouterr()
+        return Result(status, out, err)
+
+    return call
+
+
+def snapshot(folder):
+    """Bytes of every file in `folder`, to show that nothing was overwritten. The lock file
+    is left out: it names whichever run held the folder last, and holds no results."""
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
+            if name != ".lock"}
+
+
+@pytest.fixture
+def run_dir(trained_run, tmp_path):
+    """A copy of a finished run (best.pt, last.pt, history.csv) that a bad command must not touch."""
+    folder = str(tmp_path / "run")
+    shutil.copytree(trained_run, folder)
+    return folder
+
+
+def assert_clean_failure(result, *words, status=2):
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]

@@ -1,23 +1,27 @@
 """Your own pictures as MNIST digits: read, then framed the way MNIST framed its digits.
 
-MNIST's digits were size-normalised to fit a 20x20 box keeping their aspect ratio
-(antialiased, hence the grey levels), then placed in a 28x28 image so that the centre
-of mass of their pixels sits at the centre. A model trained on them has never seen a
-digit of another size or place, so a photo, a scan or a drawing goes the same way:
+    python pictures.py photo.jpg my-digits/ --out-dir framed    # 28x28 PNGs any MNIST model reads
 
-1. the paper levelled to black: the picture's border is its paper, and a smooth surface
-   fitted to it (a grey page, a brightness gradient, a vignette) is subtracted; what lies
-   within the paper's noise counts as nothing;
-2. light ink on black, as MNIST: inverted where the ink is darker than the paper;
-3. the digit found: the connected pieces of ink that are not specks of noise;
-4. cropped to them, scaled to fit 20x20 (antialiased), its ink brought to full
-   brightness, and shifted by whole pixels so that its centre of mass is at (14, 14).
+MNIST's digits were size-normalised to fit a 20x20 box keeping their aspect ratio (antialiased,
+hence the grey levels), then placed in a 28x28 image so that the centre of mass of their pixels
+sits at the centre. A model trained on them has never seen a digit of another size or place, so a
+photo, a scan or a drawing goes the same way:
 
-MNIST's own digits come through unchanged: they are light on black, fill 20 pixels,
-and sit at their centre of mass already. `plain_resize` instead squeezes the whole
+1. the paper found and levelled to black: a morphological closing (an opening for light ink) with a
+   window wider than any stroke keeps the light across the page, a shadow's edge and a desk along
+   the border, and loses the strokes; the ink is what lies beyond it, light on black;
+2. ruled and grid lines, a margin, a paper's edge taken out: straight lines of ink that run across
+   the picture from edge to edge; a stroke that crossed one is bridged;
+3. the digit found: the connected pieces of ink that are not specks, nor at the border (a desk);
+4. cropped to them, scaled to fit 20x20 (antialiased), its ink brought to full brightness, and
+   shifted by whole pixels so that its centre of mass is at (14, 14).
+
+MNIST's own digits come through unchanged (most of them bit for bit): they are light on black,
+fill 20 pixels and sit at their centre of mass already. `plain_resize` instead squeezes the whole
 picture to 28x28, for pictures that already fill their frame as the model expects.
 """
 
+import argparse
 import functools
 import os
 import sys
@@ -35,13 +39,22 @@ import data
 IMAGE_SIZE = 28
 BOX = 20  # MNIST's box for the digit
 CENTRE = 14.0  # where MNIST's centres of mass sit, in pixel indices (measured: 13.5 to 14.5)
-WORKING_SIZE = 512  # larger pictures are shrunk to this first: 20x20 needs no more
-PAPER_FITS = 4
-BORDER_FRACTION = 0.03  # the paper is sampled in a band along the border, this share of the picture wide
+WORKING_SIZE = 256  # larger pictures are shrunk to this first: 20x20 needs no more
+BACKGROUND_WINDOW = 0.25  # of the picture's shorter side: wider than any stroke of a digit in it
+MIN_WINDOW = 11  # pixels: wider than MNIST's boldest strokes
+SURFACE_FITS = 3
 NOISE_SIGMAS = 4.0  # ink is this many standard deviations of the paper's noise above it
+LINE_FRACTION = 0.8  # a line of ink across this share of the picture is a ruled line, not a digit
+LINE_GRID = 128
+LINE_QUANTILE = 0.75
+STROKE_OVER_LINE = 3  # not 2: where two lines cross, the ink is twice one line's
+LINE_END = 0.03  # of the picture's width
+LINE_RUN = 7  # cells
+MAX_SLOPE = 0.12  # rows a line may climb per column: up to 7 degrees of tilt
 HALF_GREY = 0.5 / 255  # the least a pixel must exceed the paper by to count as ink
 PIECES_GRID = 64
 SPECK_FRACTION = 0.05  # ink pieces with less than this share of the largest piece's ink are noise
+BORDER_WEIGHT = 0.5  # ink at the border is left out if a piece within weighs this share of it
 MIN_CONTRAST = 0.1  # ink less bright than this above the paper is no ink: a blank picture
 TEST_FRACTION = 0.1  # of a folder of pictures without train/ and test/
 SPLIT_SEED = 0
@@ -84,45 +97,120 @@ def read_gray(path):
     return TF.pil_to_tensor(gray)[0]
 
 
-def paper_surface(picture):
-    """A quadratic surface through the paper of `picture` [H, W], fitted to its border (a
-    band of BORDER_FRACTION of its size), refitted without the outliers, ink that touches
-    the border; and the paper's noise, a robust standard deviation (zero for a clean picture)."""
+def window(picture):
+    """The side of a square window wider than any stroke of a digit in `picture` [H, W] (odd)."""
+    return max(MIN_WINDOW, round(BACKGROUND_WINDOW * min(picture.shape))) | 1
+
+
+def paper(picture, dark_ink):
+    """The paper under `picture` [H, W]: a morphological closing (for dark ink; an opening for light
+    ink) with a square window wider than any stroke. Pen and marker strokes vanish from it, while a
+    gradient of light, a shadow's edge and, as the picture is first extended by its own border, a desk
+    along that border stay."""
+    size = window(picture)
+    half = size // 2
+
+    def grown(x):  # the largest value within the window, a row's stretch and then a column's
+        x = F.max_pool2d(x, (1, size), stride=1, padding=(0, half))
+        return F.max_pool2d(x, (size, 1), stride=1, padding=(half, 0))
+
+    extended = F.pad(picture[None, None], (half, half, half, half), mode="replicate")
+    found = -grown(-grown(extended)) if dark_ink else grown(-grown(-extended))
+    return found[0, 0, half:-half, half:-half]
+
+
+def evened(picture):
+    """`picture` [H, W] less the smooth light across it: a quadratic surface fitted to all of it, then
+    refitted without the pixels far from it (the ink, a desk, a shadow), a few times."""
     height, width = picture.shape
-    band = max(1, round(BORDER_FRACTION * min(height, width)))
-    border = torch.ones(height, width, dtype=torch.bool)
-    border[band:-band, band:-band] = False
-    rows, cols = border.nonzero().unbind(1)
-    design = quadratic_terms(rows.double() / height, cols.double() / width)
-    values = picture[rows, cols].double()
-    coefficients = torch.zeros(design.shape[1], 1, dtype=torch.float64)
-    coefficients[0] = values.median()  # most of the border is paper: start from its level
-    for _ in range(PAPER_FITS):  # each fit to the pixels near the last one
-        offsets = (values - (design @ coefficients)[:, 0]).abs()
-        inliers = offsets <= 3 * 1.4826 * offsets.median() + HALF_GREY
-        if inliers.sum() < 2 * design.shape[1]:
-            break
-        coefficients = torch.linalg.lstsq(design[inliers], values[inliers, None]).solution
-    spread = (values - (design @ coefficients)[:, 0]).abs().median()
-    y = (torch.arange(height, dtype=torch.float64) / height)[:, None]
-    x = torch.arange(width, dtype=torch.float64) / width
-    c = coefficients[:, 0].tolist()  # of quadratic_terms, evaluated on the whole grid at once
-    surface = c[0] + c[1] * y + c[2] * x + c[3] * y * y + c[4] * y * x + c[5] * x * x
-    return surface.float(), 1.4826 * spread.item()
-
-
-def quadratic_terms(y, x):
-    return torch.stack([torch.ones_like(y), y, x, y * y, y * x, x * x], dim=1)
+    y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    terms = torch.stack([torch.ones_like(x), y, x, y * y, y * x, x * x], dim=-1).reshape(-1, 6).double()
+    values, kept = picture.reshape(-1, 1).double(), torch.ones(height * width, dtype=torch.bool)
+    for _ in range(SURFACE_FITS):
+        surface = terms @ torch.linalg.lstsq(terms[kept], values[kept]).solution
+        offsets = (values - surface).abs()[:, 0]
+        kept = offsets <= 3 * 1.4826 * offsets.median() + HALF_GREY
+    return (values - surface).reshape(height, width).float()
 
 
 def levelled_ink(picture):
-    """`picture` [H, W] in [0, 1] with its paper levelled to 0 and its ink bright, inverted
-    where the ink is darker than the paper; and the level below which it is paper and noise.
-    The ink is what lies farthest from the paper, by a 3x3 average, which noise does not reach."""
-    surface, noise = paper_surface(picture)
-    levelled = picture - surface
-    smoothed = F.avg_pool2d(levelled[None, None], 3, stride=1, padding=1, count_include_pad=False)
-    return (-levelled if -smoothed.min() > smoothed.max() else levelled), NOISE_SIGMAS * noise
+    """The ink of `picture` [H, W] in [0, 1] as its height above the paper, light on black whether it
+    was darker or lighter than the paper, by the side to which the picture is skewed once the light
+    across it is evened out (the ink is the few pixels far from the many of the paper); and the paper's
+    noise level."""
+    if (evened(picture) ** 3).mean() < 0:  # skewed to dark: a few dark pixels on light paper
+        ink = paper(picture, dark_ink=True) - picture
+    else:
+        ink = picture - paper(picture, dark_ink=False)
+    level = ink.median()  # most of a picture is paper
+    return (ink - level).clamp(min=0), NOISE_SIGMAS * 1.4826 * (ink - level).abs().median().item()
+
+
+def lines_across(cells, floor):
+    """The cells of `cells` [H, W] (each the mean ink of its pixels) on straight lines across it, tilted
+    by up to MAX_SLOPE: for each slope, every row of cells along it whose ink, the median of LINE_RUN
+    cells along it, reaches `floor` in LINE_FRACTION of it and within LINE_END of both its ends (a
+    printed line runs off the picture; a digit has margins)."""
+    height, width = cells.shape
+    found, columns = torch.zeros(height, width, dtype=torch.bool), torch.arange(width)
+    reach, run = max(1, round(LINE_END * width)), min(LINE_RUN, width) | 1
+    cells = F.max_pool2d(cells[None, None], (3, 1), stride=1, padding=(1, 0))[0, 0]  # a tilted line's steps
+    for slope in torch.arange(-round(MAX_SLOPE * width), round(MAX_SLOPE * width) + 1) / width:
+        rows = torch.arange(height)[:, None] + (slope * (columns - width / 2)).round().long()  # [H, W]
+        inside = (rows >= 0) & (rows < height)
+        values = F.pad((cells[rows.clamp(0, height - 1), columns] * inside)[:, None], (run // 2, run // 2),
+                       mode="replicate")[:, 0]
+        along = values.unfold(1, run, 1).median(-1).values  # a line crossing this one is no line along it
+        lit = (along > floor) & inside
+
+        def ends(flags):  # the first and the last column where `flags` is True, row by row
+            return flags.int().argmax(1), width - 1 - flags.flip(1).int().argmax(1)
+
+        (first, last), (start, end) = ends(lit), ends(inside)
+        line = ((lit.sum(1) >= LINE_FRACTION * inside.sum(1)) & (inside.sum(1) >= width / 2)
+                & (first - start < reach) & (end - last < reach))
+        on = inside & line[:, None]
+        found[rows[on], columns.expand(height, -1)[on]] = True
+    return found
+
+
+def shifted(x, by, dim):
+    """`x` moved by `by` places along `dim`, zeros coming in."""
+    zeros = torch.zeros_like(x.narrow(dim, 0, abs(by)))
+    if by > 0:
+        return torch.cat([zeros, x.narrow(dim, 0, x.shape[dim] - by)], dim)
+    return torch.cat([x.narrow(dim, -by, x.shape[dim] + by), zeros], dim)
+
+
+def bridged(ink, removed, dim, reach):
+    """`ink` with its `removed` pixels filled with the lesser of the nearest kept ink on either side
+    along `dim`, up to `reach` away: a stroke that crossed a line goes on through it, paper stays paper."""
+    sides = []
+    for direction in (1, -1):
+        value, found = torch.zeros_like(ink), torch.zeros_like(removed)
+        for distance in range(1, reach + 1):
+            take = removed & ~found & ~shifted(removed, direction * distance, dim)
+            value, found = torch.where(take, shifted(ink, direction * distance, dim), value), found | take
+        sides.append(value)
+    return torch.where(removed, torch.minimum(*sides), ink)
+
+
+def without_lines(ink, floor):
+    """`ink` without ruled and grid lines, a margin or a paper's edge: lines of ink across nearly the
+    whole picture, found on a grid of at most LINE_GRID cells a side, where faint lines show in a
+    cell's mean; a stroke that crossed one is bridged (nothing is removed that would leave no ink)."""
+    cell = -(-max(ink.shape) // LINE_GRID)
+    cells = F.avg_pool2d(ink[None, None], cell, ceil_mode=True)[0, 0]
+    kept = ink
+    for lines, dim in ((lines_across(cells, floor / 3), 0), (lines_across(cells.T, floor / 3).T, 1)):  # across:
+        # bridged from above and below
+        lines = F.max_pool2d(lines.float()[None, None], 3, stride=1, padding=1)[0, 0]  # their blurred edges too
+        band = lines.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[: ink.shape[0], : ink.shape[1]] > 0
+        # A line's own ink, the upper quartile of its band along it: a stroke on it, STROKE_OVER_LINE as dark, stays.
+        level = torch.where(band, kept, torch.nan).nanquantile(LINE_QUANTILE, dim=1 - dim, keepdim=True).nan_to_num(0)
+        on_line = torch.where(kept > STROKE_OVER_LINE * level, kept - level, 0)
+        kept = torch.where(band, torch.maximum(bridged(kept, band, dim, 4 * cell), on_line), kept)
+    return kept if (kept > floor).any() else ink
 
 
 def ink_pieces(mask):
@@ -136,9 +224,10 @@ def ink_pieces(mask):
 
 
 def digit_box(ink, floor):
-    """Rows and columns (top, bottom, left, right) around the ink brighter than `floor` that
-    is not specks, or None where there is none. The pieces are told apart on a grid of at
-    most PIECES_GRID cells a side (a speck within a cell of the digit joins it)."""
+    """Rows and columns (top, bottom, left, right) around the ink brighter than `floor` that is not
+    specks, nor pieces at the picture's border where a piece within is heavy enough to be the digit, or
+    None where there is none. The pieces are told apart on a grid of at most PIECES_GRID cells a side (a speck within a
+    cell of the digit joins it)."""
     mask = ink > floor
     if not mask.any():
         return None
@@ -147,6 +236,10 @@ def digit_box(ink, floor):
     pieces = ink_pieces(cell_ink > 0)
     mass = torch.zeros(int(pieces.max()) + 1).index_add_(0, pieces.flatten(), cell_ink.flatten())
     mass[0] = 0
+    touching = torch.zeros_like(mass, dtype=torch.bool)
+    touching[torch.cat([pieces[0], pieces[-1], pieces[:, 0], pieces[:, -1]])] = True
+    if (mass * ~touching).max() >= BORDER_WEIGHT * (mass * touching).max():  # a desk or the paper's edge, not the digit
+        mass[touching] = 0
     digit_cells = mass[pieces] >= SPECK_FRACTION * mass.max()
     digit = mask & digit_cells.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[: mask.shape[0], : mask.shape[1]]
     rows, cols = digit.any(1).nonzero()[:, 0], digit.any(0).nonzero()[:, 0]
@@ -165,6 +258,7 @@ def shrink(gray):
 def frame_like_mnist(gray):
     """A picture, uint8 [H, W], as an MNIST digit, uint8 [28, 28]; None where it has no ink."""
     ink, noise = levelled_ink(shrink(gray.float() / 255))
+    ink = without_lines(ink, max(noise, HALF_GREY))
     box = digit_box(ink, max(noise, HALF_GREY))
     if box is None:
         return None
@@ -292,3 +386,42 @@ def folder_split(root, train, plain_resize=False):
     both = [read_folder(folder, plain_resize) for folder in folders]
     images, classes = both[0] if train else both[1]
     return images, class_labels(classes, both[0][1] + both[1][1])
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="pictures, or folders searched for them")
+    parser.add_argument("--out-dir", required=True, help="where each framed digit goes, as <name>.png")
+    parser.add_argument("--overwrite", action="store_true", help="write over PNGs already in --out-dir")
+    parser.add_argument("--plain-resize", action="store_true", help="resize whole pictures instead of framing")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Write each picture's framed digit to <out-dir>/<name without extension>.png: 28x28, 8-bit grey,
+    light ink on black. Nothing is written over without --overwrite, nor if two names collide."""
+    args = parse_args(argv)
+    try:
+        images, paths = read_pictures(picture_paths(args.paths), args.plain_resize)
+        targets = [os.path.join(args.out_dir, os.path.splitext(os.path.basename(path))[0] + ".png") for path in paths]
+        for target, path in zip(targets, paths):
+            if targets.count(target) > 1:
+                raise data.InputError(f"{path} and another picture of the same name would both be {target}: "
+                                      f"rename one")
+            if os.path.exists(target) and not args.overwrite:
+                raise data.InputError(f"{target} exists: pass --overwrite to write over it, or another --out-dir")
+        os.makedirs(args.out_dir, exist_ok=True)
+        for image, path, target in zip(images, paths, targets):
+            Image.fromarray(image.numpy(), mode="L").save(target)
+            data.say(f"{path} -> {target}")
+    except data.InputError as error:
+        return data.fail(error)
+    except OSError as error:
+        return data.fail(f"cannot write into --out-dir {args.out_dir}: {error.strerror or error}")
+    except KeyboardInterrupt:
+        return data.fail("stopped by Ctrl-C", 130)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 import data
 import evaluate
@@ -263,3 +264,64 @@ def test_a_missing_loose_picture_ends_with_one_line(trained_run, tmp_path, capsy
     assert evaluate.main([os.path.join(trained_run, "best.pt"), "--images", str(tmp_path / "nowhere.jpg")]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "nowhere.jpg" in line
+
+
+def framing_error(framed, reference):
+    """The least MSE (pixels in [0, 1]) between two framings over shifts of up to one pixel, as
+    results/own-digits/measure.py measures framing."""
+    padded = F.pad(framed.float()[None] / 255, (1, 1, 1, 1))[0]
+    return min(((padded[1 + dy : 29 + dy, 1 + dx : 29 + dx] - reference.float() / 255) ** 2).mean().item()
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def on_paper(digit, lines_every=0, margin=False, desk=0, tilt=0.0):
+    """`digit` as dark pen on paper, photographed as 240x200: ruled lines every `lines_every` pixels, a
+    red margin, a desk `desk` pixels wide along the left and top, the page tilted by `tilt` degrees."""
+    page = torch.full((3, 480, 400), 0.95)  # its middle is photographed, so the lines run on beyond it
+    if lines_every:
+        page[:, lines_every // 2 :: lines_every] = torch.tensor([0.6, 0.7, 0.9])[:, None, None]
+    if margin:
+        page[:, :, 120:123] = torch.tensor([0.85, 0.3, 0.3])[:, None, None]
+    ink = F.interpolate(digit[None, None].float() / 255, size=(96, 96), mode="bicubic")[0, 0].clamp(0, 1)
+    page[:, 190:286, 160:256] *= 1 - 0.9 * ink
+    page = TF.rotate(page, tilt)[:, 120:360, 100:300]
+    if desk:
+        page[:, :desk], page[:, :, :desk] = 0.35, 0.35
+    return Image.fromarray((page.permute(1, 2, 0) * 255).round().byte().numpy(), "RGB")
+
+
+@pytest.mark.parametrize("paper", [{"lines_every": 24, "margin": True}, {"desk": 30}, {"desk": 30, "tilt": 4}])
+def test_digits_on_ruled_paper_or_a_desk_are_framed_as_the_clean_digit(paper, tmp_path):
+    digits = synthetic_digits(6, seed=13)[0]
+    errors = []
+    for index, digit in enumerate(digits):
+        on_paper(digit, **paper).save(tmp_path / f"{index}.png")
+        clean = F.interpolate(digit[None, None].float(), size=(96, 96), mode="bicubic")[0, 0].clamp(0, 255)
+        errors.append(framing_error(pictures.read_picture(str(tmp_path / f"{index}.png")),
+                                    pictures.frame_like_mnist(clean.round().byte())))
+    assert max(errors) < 0.02, errors
+
+
+def test_pictures_py_writes_each_framed_digit_for_any_mnist_model(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    digits = synthetic_digits(3, seed=14)[0]
+    for index, digit in enumerate(digits):
+        save_picture(folder / f"d{index}.jpg", digit, (64, 64), dark_on_light=True, mode="RGB")
+    (folder / "notes.txt").write_text("not a picture")
+    out_dir = tmp_path / "framed"
+    assert pictures.main([str(folder), "--out-dir", str(out_dir)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len([line for line in lines if " -> " in line]) == 3 and any("skipped 1 files" in line for line in lines)
+    for index in range(3):
+        written = Image.open(out_dir / f"d{index}.png")
+        assert written.size == (28, 28) and written.mode == "L"
+        assert torch.equal(torch.from_numpy(np.array(written)), pictures.read_picture(str(folder / f"d{index}.jpg")))
+    before = (out_dir / "d0.png").read_bytes()
+    assert pictures.main([str(folder), "--out-dir", str(out_dir)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out_dir / "d0.png").read_bytes() == before
+    assert pictures.main([str(folder), "--out-dir", str(out_dir), "--overwrite"]) == 0
+    (folder / "d1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    assert pictures.main([str(folder), "--out-dir", str(tmp_path / "other")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "d1.png" in line and "cannot read" in line and not (tmp_path / "other").exists()

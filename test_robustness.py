@@ -6,7 +6,6 @@ this process (an exception would fail the test); signals, kill -9 and the folder
 are tested on real processes, since the process boundary is what they are about.
 """
 
-import collections
 import errno
 import os
 import shutil
@@ -23,52 +22,9 @@ import torch
 import evaluate
 import train
 import visualize
-from conftest import write_idx
+from conftest import assert_clean_failure, snapshot, write_idx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-Result = collections.namedtuple("Result", "returncode stdout stderr")
-
-
-@pytest.fixture
-def cli(capsys):
-    """Call a script's main() with string arguments, as its command line would; returns a Result."""
-
-    def call(script, *args):
-        capsys.readouterr()
-        try:
-            status = script.main([str(arg) for arg in args])
-        except SystemExit as exit:  # argparse's way out
-            status = exit.code
-        out, err = capsys.readouterr()
-        return Result(status, out, err)
-
-    return call
-
-
-def snapshot(folder):
-    """Bytes of every file in `folder`, to show that nothing was overwritten. The lock file
-    is left out: it names whichever run held the folder last, and holds no results."""
-    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
-            if name != ".lock"}
-
-
-@pytest.fixture
-def run_dir(trained_run, tmp_path):
-    """A copy of a finished run (best.pt, last.pt, history.csv) that a bad command must not touch."""
-    folder = str(tmp_path / "run")
-    shutil.copytree(trained_run, folder)
-    return folder
-
-
-def assert_clean_failure(result, *words, status=2):
-    assert result.returncode == status, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 def bad_checkpoints(folder, good_checkpoint):
     """name -> (path, word the error message must contain)."""
     paths = {}
