@@ -42,16 +42,16 @@ CENTRE = 14.0  # where MNIST's centres of mass sit, in pixel indices (measured: 
 WORKING_SIZE = 256  # larger pictures are shrunk to this first: 20x20 needs no more
 BACKGROUND_WINDOW = 0.25  # of the picture's shorter side: wider than any stroke of a digit in it
 MIN_WINDOW = 11  # pixels: wider than MNIST's boldest strokes
-SURFACE_FITS = 3
+SURFACE_FITS = 3  # of the smooth light across a picture, each without the pixels far from the last
 NOISE_SIGMAS = 4.0  # ink is this many standard deviations of the paper's noise above it
-LINE_FRACTION = 0.8  # a line of ink across this share of the picture is a ruled line, not a digit
-LINE_GRID = 128
-LINE_QUANTILE = 0.75
-STROKE_OVER_LINE = 3  # not 2: where two lines cross, the ink is twice one line's
-LINE_END = 0.03  # of the picture's width
-LINE_RUN = 7  # cells
-MAX_SLOPE = 0.12  # rows a line may climb per column: up to 7 degrees of tilt
 HALF_GREY = 0.5 / 255  # the least a pixel must exceed the paper by to count as ink
+LINE_GRID = 128  # cells a side at most, on which lines are looked for
+LINE_FRACTION = 0.8  # a line of ink along this share of a straight path across the picture...
+LINE_END = 0.03  # ...that reaches within this share of both its ends is a printed line, not a digit
+LINE_RUN = 7  # cells along a path whose median ink counts: a line crossing it is no line along it
+MAX_SLOPE = 0.12  # cells a line may climb per cell: up to 7 degrees of tilt
+LINE_QUANTILE = 0.75  # of a line's ink along it: the line's own darkness
+STROKE_OVER_LINE = 3  # a stroke on a line is this much darker than it (not 2: two lines crossing)
 PIECES_GRID = 64
 SPECK_FRACTION = 0.05  # ink pieces with less than this share of the largest piece's ink are noise
 BORDER_WEIGHT = 0.5  # ink at the border is left out if a piece within weighs this share of it
@@ -201,14 +201,12 @@ def without_lines(ink, floor):
     cell's mean; a stroke that crossed one is bridged (nothing is removed that would leave no ink)."""
     cell = -(-max(ink.shape) // LINE_GRID)
     cells = F.avg_pool2d(ink[None, None], cell, ceil_mode=True)[0, 0]
-    kept = ink
-    for lines, dim in ((lines_across(cells, floor / 3), 0), (lines_across(cells.T, floor / 3).T, 1)):  # across:
-        # bridged from above and below
+    kept, across, down = ink, lines_across(cells, floor / 3), lines_across(cells.T, floor / 3).T
+    for lines, dim in ((across, 0), (down, 1)):  # lines across are bridged from above and below, and so on
         lines = F.max_pool2d(lines.float()[None, None], 3, stride=1, padding=1)[0, 0]  # their blurred edges too
         band = lines.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[: ink.shape[0], : ink.shape[1]] > 0
-        # A line's own ink, the upper quartile of its band along it: a stroke on it, STROKE_OVER_LINE as dark, stays.
         level = torch.where(band, kept, torch.nan).nanquantile(LINE_QUANTILE, dim=1 - dim, keepdim=True).nan_to_num(0)
-        on_line = torch.where(kept > STROKE_OVER_LINE * level, kept - level, 0)
+        on_line = torch.where(kept > STROKE_OVER_LINE * level, kept - level, 0)  # a stroke along the line
         kept = torch.where(band, torch.maximum(bridged(kept, band, dim, 4 * cell), on_line), kept)
     return kept if (kept > floor).any() else ink
 

@@ -31,7 +31,7 @@ def test_a_16_bit_picture_is_framed_like_its_8_bit_twin(tmp_path):
     wide = np.asarray(Image.open(tmp_path / "eight.png"), dtype=np.uint16) * 257  # 0..255 -> 0..65535
     Image.fromarray(wide).save(tmp_path / "sixteen.png")
     assert Image.open(tmp_path / "sixteen.png").mode.startswith("I")
-    eight, sixteen = pictures.read_picture(str(tmp_path / "eight.png")), pictures.read_picture(str(tmp_path / "sixteen.png"))
+    eight, sixteen = (pictures.read_picture(str(tmp_path / name)) for name in ("eight.png", "sixteen.png"))
     assert sixteen is not None and torch.equal(eight, sixteen)
 
 
@@ -45,7 +45,8 @@ def test_a_picture_past_pillows_size_limit_ends_with_one_line(tmp_path, monkeypa
 def test_a_link_to_nothing_is_skipped_like_any_file_that_is_no_picture(tmp_path, capsys):
     save_digits(tmp_path / "mine", 3)
     os.symlink(tmp_path / "gone.png", tmp_path / "mine" / "broken.png")
-    images, paths = pictures.read_pictures(pictures.picture_paths([str(tmp_path / "mine")]), folder=str(tmp_path / "mine"))
+    folder = str(tmp_path / "mine")
+    images, paths = pictures.read_pictures(pictures.picture_paths([folder]), folder=folder)
     assert len(images) == 3
     assert "skipped 1 files that are not images (e.g. broken.png)" in capsys.readouterr().out
 

@@ -49,7 +49,8 @@ class PlainLoop:
 
     @staticmethod
     def loader(args, train, warps):
-        dataset = datasets.MNIST(args.data_dir, train=train, transform=transforms.Compose([*warps, transforms.ToTensor()]))
+        transform = transforms.Compose([*warps, transforms.ToTensor()])
+        dataset = datasets.MNIST(args.data_dir, train=train, transform=transform)
         return DataLoader(Subset(dataset, range(min(args.subset or len(dataset), len(dataset)))),
                           batch_size=PLAIN_BATCH_SIZE, shuffle=train)
 
@@ -133,7 +134,8 @@ def main(argv=None):
             for number, (name, flags) in enumerate(LEVERS.items() if args.levers else []):
                 lever = TrainPy(args, stage, os.path.join(scratch, f"stage{stage}-{number}"), start_checkpoint, flags)
                 [slower] = images_per_second([lever], num_images, args.rounds)
-                data.say(f"stage {stage}:   {name:<36} {slower:7.0f} img/s   the defaults {rate / slower - 1:+.0%} faster")
+                data.say(f"stage {stage}:   {name:<36} {slower:7.0f} img/s   "
+                         f"the defaults {rate / slower - 1:+.0%} faster")
     return 0
 
 

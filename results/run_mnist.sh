@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The published MNIST run: the README's three commands from scratch, timed as a whole, then the
 # metrics of both stages and the shipped weights (model, epoch, stage and test MSE; no paths).
-# usage: results/run_mnist.sh OUT_DIR [DATA_DIR]   (results/mnist/ is a copy of what it wrote)
+# usage: results/run_mnist.sh OUT_DIR [DATA_DIR]   (DATA_DIR holds MNIST/raw/, downloaded if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=$1 data=${2:-../shared/data}
+out=$1 data=${2:-./data}
 mkdir -p "$out"
 started=$(date +%s)
 python train.py --stage 1 --epochs 80 --data-dir "$data" --out-dir "$out" > "$out/log.txt" 2>&1

@@ -75,7 +75,8 @@ def main():
         mse = per_image_mse(model, found).mean().item()
         print(f"{style:<9} {len(names):8d}  {errors.median().item():20.4f}  {(errors <= WITHIN).float().mean():10.1%}"
               f"  {mse:14.7f}")
-        chosen = [i for i, f in enumerate(framed) if f is not None][:SHEET_PER_STYLE]
+        found_at = [i for i, f in enumerate(framed) if f is not None]
+        chosen = found_at[:: max(1, len(found_at) // SHEET_PER_STYLE)][:SHEET_PER_STYLE]  # digits of every kind
         digits = data.to_float(torch.stack([framed[i] for i in chosen]))
         with torch.no_grad():
             rebuilt = model(digits)[0].clamp(0, 1)
