@@ -71,7 +71,7 @@ def test_one_split_folder_without_the_other_is_refused(present, tmp_path, cli):
     assert not os.path.exists(tmp_path / "run" / "history.csv")
 
 
-@pytest.mark.parametrize("count", [2, 10])
+@pytest.mark.parametrize("count", [1, 2, 10])
 def test_visualize_with_too_few_pictures_names_what_it_skipped_and_draws_the_rest(count, tmp_path, trained_run, cli):
     for index in range(count):  # one picture per class
         save_digits(tmp_path / "mine" / str(index), 1, seed=20 + index)
@@ -81,8 +81,8 @@ def test_visualize_with_too_few_pictures_names_what_it_skipped_and_draws_the_res
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "skipped interpolation_grid.png: it needs 4" in result.stderr
     assert "reconstructions.png" in os.listdir(out_dir)
-    if count == 2:
-        assert "skipped samples.png: it needs 2 images, there are 1" in result.stderr
+    if count <= 2:  # a tenth, at least one, is kept for testing
+        assert f"skipped samples.png: it needs 2 images, there are {count - 1}" in result.stderr
 
 
 def test_visualize_will_not_write_among_the_pictures_it_reads(tmp_path, trained_run, cli, monkeypatch):

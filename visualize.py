@@ -23,9 +23,9 @@ its reconstruction.
 
 import argparse
 import csv
-import functools
 import os
 import sys
+from functools import partial
 
 import matplotlib
 
@@ -215,30 +215,31 @@ def draw_data_set(model, args, device):
     needs more images than there are is named and skipped."""
     (train_images, _), (test_images, test_labels) = data.load_splits(args.data_dir, args.dataset, device, None,
                                                                      args.plain_resize)
-    out = functools.partial(os.path.join, args.out_dir)
+    out = partial(os.path.join, args.out_dir)
 
-    def draw(name, needed, have, function, *arguments):
+    def draw(name, needed, have, make):  # make(path) draws it; nothing is computed for a picture skipped
         if have >= needed:
-            function(*arguments, out(name))
+            make(out(name))
         else:
             say(f"skipped {name}: it needs {needed} images, there are {have}", file=sys.stderr)
 
-    draw("reconstructions.png", 1, len(test_images), draw_reconstructions, model, test_images[:NUM_RECONSTRUCTIONS])
+    tests = len(test_images)
+    draw("reconstructions.png", 1, tests, partial(draw_reconstructions, model, test_images[:NUM_RECONSTRUCTIONS]))
     for number, (first, second) in enumerate(HOMOTOPY_PAIRS, start=1):
-        draw(f"homotopy_{number}.png", second + 1, len(test_images), draw_homotopy, model, test_images, first, second)
+        draw(f"homotopy_{number}.png", second + 1, tests, partial(draw_homotopy, model, test_images, first, second))
     errors = per_image_mse(model, test_images)
     label_name = CLASS_WORDS[args.dataset]
     if is_labelled(test_labels):
-        draw("latent_pca.png", 2, len(test_images), draw_latent_pca, latent_codes(model, test_images), test_labels,
-             label_name)
-        draw("per_digit_error.png", 1, len(test_images), draw_per_digit_error, errors, test_labels, label_name)
+        draw("latent_pca.png", 2, tests, lambda path: draw_latent_pca(latent_codes(model, test_images), test_labels,
+                                                                       label_name, path))
+        draw("per_digit_error.png", 1, tests, partial(draw_per_digit_error, errors, test_labels, label_name))
     else:
         say("no class labels (images outside class subfolders): skipped latent_pca.png and per_digit_error.png",
             file=sys.stderr)
     worst = errors.topk(min(NUM_WORST, len(errors))).indices.to(device)
-    draw("worst.png", 1, len(test_images), draw_reconstructions, model, test_images[worst])
-    draw("samples.png", 2, len(train_images), draw_samples, model, latent_codes(model, train_images))
-    draw("interpolation_grid.png", len(GRID_CORNERS), len(test_images), draw_interpolation_grid, model, test_images)
+    draw("worst.png", 1, tests, partial(draw_reconstructions, model, test_images[worst]))
+    draw("samples.png", 2, len(train_images), lambda path: draw_samples(model, latent_codes(model, train_images), path))
+    draw("interpolation_grid.png", len(GRID_CORNERS), tests, partial(draw_interpolation_grid, model, test_images))
 
 
 def draw_history(args):
