@@ -209,7 +209,7 @@ def test_weight_average_update():
         for parameter in model.parameters():
             parameter.add_(1.0)
         model.encoder[0][1].num_batches_tracked += 5
-    train.update_average(average, model, decay=0.9)
+    train.update_average(list(zip(average.state_dict().values(), model.state_dict().values())), decay=0.9)
     for name, value in average.state_dict().items():
         if value.is_floating_point():
             expected = 0.9 * start[name] + 0.1 * model.state_dict()[name]

@@ -115,12 +115,8 @@ def lock_out_dir(folder):
 
 
 def atomic_write(path, content):
-    """Write bytes (or a checkpoint dict) to a temp file beside `path`, flushed to disk, then moved
-    over `path` in one step: a crash or a full disk leaves the previous file whole."""
-    if isinstance(content, dict):
-        buffer = io.BytesIO()  # serialized first, so that a full disk is an OSError below
-        torch.save(content, buffer)
-        content = buffer.getvalue()
+    """Write bytes to a temp file beside `path`, flushed to disk, then moved over `path` in one step:
+    a crash or a full disk leaves the previous file whole."""
     temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
     try:
         with open(temporary, "wb") as file:
@@ -167,9 +163,10 @@ def bf16_autocast(precision, device):
 
 
 @torch.no_grad()
-def update_average(average, model, decay):
-    """Move each weight and BatchNorm statistic of `average` towards `model`'s by 1 - decay."""
-    for mine, theirs in zip(average.state_dict().values(), model.state_dict().values()):
+def update_average(pairs, decay):
+    """Move each weight and BatchNorm statistic of the average towards the model's by 1 - decay: `pairs`
+    of their state_dict tensors, which share the modules' storage."""
+    for mine, theirs in pairs:
         if mine.is_floating_point():
             mine.lerp_(theirs, 1 - decay)
         else:  # BatchNorm's count of batches
@@ -200,6 +197,7 @@ def new_run(args, model, device):
     run.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(run.optimizers[0], **PLATEAU)
     run.generator = torch.Generator().manual_seed(args.seed)  # on the CPU: the same batches and warps everywhere
     run.average = copy.deepcopy(model) if args.ema_decay else model
+    run.pairs = list(zip(run.average.state_dict().values(), model.state_dict().values()))  # once, off the hot path
     run.bf16 = bf16_autocast(args.precision, device)
     return run
 
@@ -274,7 +272,7 @@ def train_epoch(run, images, args, epoch):
         if run.average is not run.model:
             step = (epoch - 1) * num_batches + index
             warmup = (1 + step) / (10 + step) if args.stage == 1 else 1  # from random weights: forget them soon
-            update_average(run.average, run.model, min(args.ema_decay, warmup))
+            update_average(run.pairs, min(args.ema_decay, warmup))
         losses[index] = loss.detach()
         if run.stop:
             raise Stopped()
@@ -292,8 +290,10 @@ def save_epoch(args, run, epoch, test_loss, improved):
                   "history": run.history}
     rows = [",".join(HISTORY_FIELDS)] + [",".join(str(row[key]) for key in HISTORY_FIELDS) for row in run.history]
     atomic_write(os.path.join(args.out_dir, "history.csv"), "\n".join(rows + [""]).encode())
+    buffer = io.BytesIO()  # serialized once, in memory: a full disk is then an OSError of atomic_write
+    torch.save(checkpoint, buffer)
     for name in ("best.pt", "last.pt") if improved else ("last.pt",):
-        atomic_write(os.path.join(args.out_dir, name), checkpoint)
+        atomic_write(os.path.join(args.out_dir, name), buffer.getvalue())
 
 
 def run_training(args, argv, run, start_epoch, train_images, test_images):
