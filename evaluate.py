@@ -85,7 +85,7 @@ def test_metrics(model, train_split, test_split, class_word="digit"):
 
 def report(model, args):
     """Print the metrics of `model` on the data set that `args` names, as name=value lines."""
-    splits = data.load_splits(args.data_dir, args.dataset, model.encoder[0][0].weight.device, None, args.plain_resize)
+    splits = data.load_splits(args.data_dir, args.dataset, next(model.parameters()).device, None, args.plain_resize)
     if not is_labelled(splits[0][1], splits[1][1]):
         say("no class labels (images outside class subfolders): knn_accuracy and the per-class MSE are skipped",
             file=sys.stderr)
@@ -98,7 +98,7 @@ def report_pictures(model, args):
     import pictures
 
     images, paths = pictures.read_pictures(pictures.picture_paths(args.images), args.plain_resize)
-    errors = per_image_mse(model, images.to(model.encoder[0][0].weight.device))
+    errors = per_image_mse(model, images.to(next(model.parameters()).device))
     for path, error in zip(paths, errors.tolist()):
         say(f"{path} mse={error:.7f}")
     say(f"test_mse={errors.mean().item():.7f}")

@@ -155,6 +155,10 @@ def lines_across(cells, floor):
     found, columns = torch.zeros(height, width, dtype=torch.bool), torch.arange(width)
     reach, run = max(1, round(LINE_END * width)), min(LINE_RUN, width) | 1
     cells = F.max_pool2d(cells[None, None], (3, 1), stride=1, padding=(1, 0))[0, 0]  # a tilted line's steps
+
+    def ends(flags):  # the first and the last column where `flags` is True, row by row
+        return flags.int().argmax(1), width - 1 - flags.flip(1).int().argmax(1)
+
     for slope in torch.arange(-round(MAX_SLOPE * width), round(MAX_SLOPE * width) + 1) / width:
         rows = torch.arange(height)[:, None] + (slope * (columns - width / 2)).round().long()  # [H, W]
         inside = (rows >= 0) & (rows < height)
@@ -162,10 +166,6 @@ def lines_across(cells, floor):
                        mode="replicate")[:, 0]
         along = values.unfold(1, run, 1).median(-1).values  # a line crossing this one is no line along it
         lit = (along > floor) & inside
-
-        def ends(flags):  # the first and the last column where `flags` is True, row by row
-            return flags.int().argmax(1), width - 1 - flags.flip(1).int().argmax(1)
-
         (first, last), (start, end) = ends(lit), ends(inside)
         line = ((lit.sum(1) >= LINE_FRACTION * inside.sum(1)) & (inside.sum(1) >= width / 2)
                 & (first - start < reach) & (end - last < reach))
@@ -256,8 +256,9 @@ def shrink(gray):
 def frame_like_mnist(gray):
     """A picture, uint8 [H, W], as an MNIST digit, uint8 [28, 28]; None where it has no ink."""
     ink, noise = levelled_ink(shrink(gray.float() / 255))
-    ink = without_lines(ink, max(noise, HALF_GREY))
-    box = digit_box(ink, max(noise, HALF_GREY))
+    floor = max(noise, HALF_GREY)
+    ink = without_lines(ink, floor)
+    box = digit_box(ink, floor)
     if box is None:
         return None
     top, bottom, left, right = box
