@@ -9,10 +9,13 @@ photo, a scan or a drawing goes the same way:
 
 1. the paper found and levelled to black: a morphological closing (an opening for light ink) with a
    window wider than any stroke keeps the light across the page, a shadow's edge and a desk along
-   the border, and loses the strokes; the ink is what lies beyond it, light on black;
+   the border, and loses the strokes; the ink is what lies beyond it, light on black, as the share
+   of the paper's light it takes (so that a stroke is as bright in a shadow as in full light);
 2. ruled and grid lines, a margin, a paper's edge taken out: straight lines of ink that run across
-   the picture from edge to edge; a stroke that crossed one is bridged;
-3. the digit found: the connected pieces of ink that are not specks, nor at the border (a desk);
+   the picture from edge to edge, each as dark as the median along it; where a stroke crosses one,
+   what the stroke adds to it is kept, as through a coloured filter;
+3. the digit found: the connected pieces of its darkest ink (faint lines left over are not) that are
+   not specks, nor at the border (a desk), and around them the soft edges of its strokes;
 4. cropped to them, scaled to fit 20x20 (antialiased), its ink brought to full brightness, and
    shifted by whole pixels so that its centre of mass is at (14, 14).
 
@@ -45,16 +48,17 @@ MIN_WINDOW = 11  # pixels: wider than MNIST's boldest strokes
 SURFACE_FITS = 3  # of the smooth light across a picture, each without the pixels far from the last
 NOISE_SIGMAS = 4.0  # ink is this many standard deviations of the paper's noise above it
 HALF_GREY = 0.5 / 255  # the least a pixel must exceed the paper by to count as ink
-LINE_GRID = 128  # cells a side at most, on which lines are looked for
 LINE_FRACTION = 0.8  # a line of ink along this share of a straight path across the picture...
-LINE_END = 0.03  # ...that reaches within this share of both its ends is a printed line, not a digit
-LINE_RUN = 7  # cells along a path whose median ink counts: a line crossing it is no line along it
-MAX_SLOPE = 0.12  # cells a line may climb per cell: up to 7 degrees of tilt
-LINE_QUANTILE = 0.75  # of a line's ink along it: the line's own darkness
-STROKE_OVER_LINE = 3  # a stroke on a line is this much darker than it (not 2: two lines crossing)
-PIECES_GRID = 64
+LINE_END = 0.06  # ...that reaches within this share of both its ends is a printed line, not a digit
+LINE_FLOOR = 0.5  # of the ink's floor: a line's median along it shows what single pixels do not
+LINE_RUN = 7  # pixels along a path whose median ink counts: a line crossing it is no line along it
+MAX_SLOPE = 0.2  # pixels a line may climb per pixel: up to 11 degrees of tilt
+STRONG = 0.3  # of the darkest ink: a pen's stroke, where faint printed lines are not
+RIM = 2  # pixels around it where a stroke's soft edge is found
+PIECES_GRID = 64  # cells a side at most, on which pieces of ink are told apart
 SPECK_FRACTION = 0.05  # ink pieces with less than this share of the largest piece's ink are noise
 BORDER_WEIGHT = 0.5  # ink at the border is left out if a piece within weighs this share of it
+DARKEST_PAPER = 0.1  # the least share of the light that paper, or a line on it, is taken to give back
 MIN_CONTRAST = 0.1  # ink less bright than this above the paper is no ink: a blank picture
 TEST_FRACTION = 0.1  # of a folder of pictures without train/ and test/
 SPLIT_SEED = 0
@@ -134,27 +138,35 @@ def evened(picture):
 
 
 def levelled_ink(picture):
-    """The ink of `picture` [H, W] in [0, 1] as its height above the paper, light on black whether it
-    was darker or lighter than the paper, by the side to which the picture is skewed once the light
-    across it is evened out (the ink is the few pixels far from the many of the paper); and the paper's
-    noise level."""
+    """The ink of `picture` [H, W] in [0, 1] as its height above the paper (dark ink: the share of the
+    paper's light it takes), light on black whether it was darker or lighter than the paper, by the side
+    to which the picture is skewed once the light across it is evened out (the ink is the few pixels far
+    from the many of the paper); and the paper's noise level."""
     if (evened(picture) ** 3).mean() < 0:  # skewed to dark: a few dark pixels on light paper
-        ink = paper(picture, dark_ink=True) - picture
+        light = paper(picture, dark_ink=True)
+        ink = (light - picture) / light.clamp(min=DARKEST_PAPER)
     else:
         ink = picture - paper(picture, dark_ink=False)
     level = ink.median()  # most of a picture is paper
     return (ink - level).clamp(min=0), NOISE_SIGMAS * 1.4826 * (ink - level).abs().median().item()
 
 
-def lines_across(cells, floor):
-    """The cells of `cells` [H, W] (each the mean ink of its pixels) on straight lines across it, tilted
-    by up to MAX_SLOPE: for each slope, every row of cells along it whose ink, the median of LINE_RUN
-    cells along it, reaches `floor` in LINE_FRACTION of it and within LINE_END of both its ends (a
-    printed line runs off the picture; a digit has margins)."""
-    height, width = cells.shape
-    found, columns = torch.zeros(height, width, dtype=torch.bool), torch.arange(width)
-    reach, run = max(1, round(LINE_END * width)), min(LINE_RUN, width) | 1
-    cells = F.max_pool2d(cells[None, None], (3, 1), stride=1, padding=(1, 0))[0, 0]  # a tilted line's steps
+def median_along(values, run):
+    """The median of `run` values around each of `values` [H, W] along its rows (the ends repeated)."""
+    padded = F.pad(values[:, None], (run // 2, run // 2), mode="replicate")[:, 0]
+    return padded.unfold(1, run, 1).median(-1).values
+
+
+def lines_across(ink, floor):
+    """The ink of the straight lines across `ink` [H, W], tilted by up to MAX_SLOPE, at each of their
+    pixels (0 elsewhere). For each slope, every path of pixels along it whose ink, the median of LINE_RUN
+    pixels along it, reaches `floor` in LINE_FRACTION of it and within LINE_END of both its ends is a
+    printed line (it runs off the picture; a digit has margins). A line's own ink is the median along it,
+    over a window and over its whole length, so that a stroke across it or along a stretch of it is not
+    taken for it."""
+    height, width = ink.shape
+    found, columns = torch.zeros(height * width), torch.arange(width)
+    reach, run, long_run = max(1, round(LINE_END * width)), min(LINE_RUN, width) | 1, window(ink)
 
     def ends(flags):  # the first and the last column where `flags` is True, row by row
         return flags.int().argmax(1), width - 1 - flags.flip(1).int().argmax(1)
@@ -162,52 +174,27 @@ def lines_across(cells, floor):
     for slope in torch.arange(-round(MAX_SLOPE * width), round(MAX_SLOPE * width) + 1) / width:
         rows = torch.arange(height)[:, None] + (slope * (columns - width / 2)).round().long()  # [H, W]
         inside = (rows >= 0) & (rows < height)
-        values = F.pad((cells[rows.clamp(0, height - 1), columns] * inside)[:, None], (run // 2, run // 2),
-                       mode="replicate")[:, 0]
-        along = values.unfold(1, run, 1).median(-1).values  # a line crossing this one is no line along it
-        lit = (along > floor) & inside
+        values = ink[rows.clamp(0, height - 1), columns] * inside
+        maybe = ((values > floor).sum(1) >= LINE_FRACTION / 2 * inside.sum(1)) & (inside.sum(1) >= width / 2)
+        rows, inside, values = rows[maybe], inside[maybe], values[maybe]  # the rest cannot be lines: skipped
+        lit = (median_along(values, run) > floor) & inside
         (first, last), (start, end) = ends(lit), ends(inside)
-        line = ((lit.sum(1) >= LINE_FRACTION * inside.sum(1)) & (inside.sum(1) >= width / 2)
-                & (first - start < reach) & (end - last < reach))
-        on = inside & line[:, None]
-        found[rows[on], columns.expand(height, -1)[on]] = True
-    return found
-
-
-def shifted(x, by, dim):
-    """`x` moved by `by` places along `dim`, zeros coming in."""
-    zeros = torch.zeros_like(x.narrow(dim, 0, abs(by)))
-    if by > 0:
-        return torch.cat([zeros, x.narrow(dim, 0, x.shape[dim] - by)], dim)
-    return torch.cat([x.narrow(dim, -by, x.shape[dim] + by), zeros], dim)
-
-
-def bridged(ink, removed, dim, reach):
-    """`ink` with its `removed` pixels filled with the lesser of the nearest kept ink on either side
-    along `dim`, up to `reach` away: a stroke that crossed a line goes on through it, paper stays paper."""
-    sides = []
-    for direction in (1, -1):
-        value, found = torch.zeros_like(ink), torch.zeros_like(removed)
-        for distance in range(1, reach + 1):
-            take = removed & ~found & ~shifted(removed, direction * distance, dim)
-            value, found = torch.where(take, shifted(ink, direction * distance, dim), value), found | take
-        sides.append(value)
-    return torch.where(removed, torch.minimum(*sides), ink)
+        line = (lit.sum(1) >= LINE_FRACTION * inside.sum(1)) & (first - start < reach) & (end - last < reach)
+        if not line.any():
+            continue
+        whole = torch.where(inside, values, torch.nan)[line].nanmedian(1, keepdim=True).values
+        own = torch.minimum(median_along(values[line], long_run), whole)
+        on = inside[line]
+        found.scatter_reduce_(0, (rows[line] * width + columns)[on], own[on], reduce="amax")
+    return found.reshape(height, width)
 
 
 def without_lines(ink, floor):
     """`ink` without ruled and grid lines, a margin or a paper's edge: lines of ink across nearly the
-    whole picture, found on a grid of at most LINE_GRID cells a side, where faint lines show in a
-    cell's mean; a stroke that crossed one is bridged (nothing is removed that would leave no ink)."""
-    cell = -(-max(ink.shape) // LINE_GRID)
-    cells = F.avg_pool2d(ink[None, None], cell, ceil_mode=True)[0, 0]
-    kept, across, down = ink, lines_across(cells, floor / 3), lines_across(cells.T, floor / 3).T
-    for lines, dim in ((across, 0), (down, 1)):  # lines across are bridged from above and below, and so on
-        lines = F.max_pool2d(lines.float()[None, None], 3, stride=1, padding=1)[0, 0]  # their blurred edges too
-        band = lines.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[: ink.shape[0], : ink.shape[1]] > 0
-        level = torch.where(band, kept, torch.nan).nanquantile(LINE_QUANTILE, dim=1 - dim, keepdim=True).nan_to_num(0)
-        on_line = torch.where(kept > STROKE_OVER_LINE * level, kept - level, 0)  # a stroke along the line
-        kept = torch.where(band, torch.maximum(bridged(kept, band, dim, 4 * cell), on_line), kept)
+    whole picture. Where a stroke crosses a line, what its ink adds to the line's is kept, as through a
+    filter (nothing is removed that would leave no ink)."""
+    line = torch.maximum(lines_across(ink, LINE_FLOOR * floor), lines_across(ink.T, LINE_FLOOR * floor).T)
+    kept = ((ink - line) / (1 - line).clamp(min=DARKEST_PAPER)).clamp(min=0)
     return kept if (kept > floor).any() else ink
 
 
@@ -244,6 +231,15 @@ def digit_box(ink, floor):
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+def grown_box(ink, box, floor):
+    """`box` grown to the ink brighter than `floor` within RIM pixels of it: a stroke's soft edge."""
+    top, bottom, left, right = box
+    top, left = max(0, top - RIM), max(0, left - RIM)
+    near = ink[top : bottom + RIM, left : right + RIM] > floor
+    rows, cols = near.any(1).nonzero()[:, 0], near.any(0).nonzero()[:, 0]
+    return top + int(rows[0]), top + int(rows[-1]) + 1, left + int(cols[0]), left + int(cols[-1]) + 1
+
+
 def shrink(gray):
     """A picture larger than WORKING_SIZE on its longer side, shrunk to it (antialiased)."""
     scale = WORKING_SIZE / max(gray.shape)
@@ -258,9 +254,10 @@ def frame_like_mnist(gray):
     ink, noise = levelled_ink(shrink(gray.float() / 255))
     floor = max(noise, HALF_GREY)
     ink = without_lines(ink, floor)
-    box = digit_box(ink, floor)
+    box = digit_box(ink, max(floor, STRONG * ink.max().item()))
     if box is None:
         return None
+    box = grown_box(ink, box, floor)
     top, bottom, left, right = box
     digit = ink[top:bottom, left:right]
     if digit.max().item() - noise < max(MIN_CONTRAST, noise):

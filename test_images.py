@@ -274,24 +274,31 @@ def framing_error(framed, reference):
                for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 
 
-def on_paper(digit, lines_every=0, margin=False, desk=0, tilt=0.0):
-    """`digit` as dark pen on paper, photographed as 240x200: ruled lines every `lines_every` pixels, a
-    red margin, a desk `desk` pixels wide along the left and top, the page tilted by `tilt` degrees."""
+def on_paper(digit, lines_every=0, grid=False, margin=False, desk=0, tilt=0.0, shadow=False):
+    """`digit` as dark pen on paper, photographed as 240x200: ruled lines every `lines_every` pixels (and
+    across them on `grid` paper), a red margin, a desk `desk` pixels wide along the left and top, the page
+    tilted by `tilt` degrees, its lower right half in a shadow half as light."""
     page = torch.full((3, 480, 400), 0.95)  # its middle is photographed, so the lines run on beyond it
     if lines_every:
         page[:, lines_every // 2 :: lines_every] = torch.tensor([0.6, 0.7, 0.9])[:, None, None]
+    if grid:
+        page[:, :, lines_every // 2 :: lines_every] = torch.tensor([0.6, 0.7, 0.9])[:, None, None]
     if margin:
         page[:, :, 120:123] = torch.tensor([0.85, 0.3, 0.3])[:, None, None]
     ink = F.interpolate(digit[None, None].float() / 255, size=(96, 96), mode="bicubic")[0, 0].clamp(0, 1)
     page[:, 190:286, 160:256] *= 1 - 0.9 * ink
     page = TF.rotate(page, tilt)[:, 120:360, 100:300]
+    if shadow:
+        y, x = torch.meshgrid(torch.arange(240.0), torch.arange(200.0), indexing="ij")
+        page *= 1 - 0.5 * torch.sigmoid((x + y - 230) / 3)
     if desk:
         page[:, :desk], page[:, :, :desk] = 0.35, 0.35
     return Image.fromarray((page.permute(1, 2, 0) * 255).round().byte().numpy(), "RGB")
 
 
-@pytest.mark.parametrize("paper", [{"lines_every": 24, "margin": True}, {"desk": 30}, {"desk": 30, "tilt": 4}])
-def test_digits_on_ruled_paper_or_a_desk_are_framed_as_the_clean_digit(paper, tmp_path):
+@pytest.mark.parametrize("paper", [{"lines_every": 24, "margin": True}, {"desk": 30}, {"desk": 30, "tilt": 4},
+                                   {"lines_every": 20, "grid": True, "tilt": 5}, {"shadow": True}])
+def test_digits_on_ruled_or_squared_paper_a_desk_or_in_a_shadow_are_framed_as_the_clean_digit(paper, tmp_path):
     digits = synthetic_digits(6, seed=13)[0]
     errors = []
     for index, digit in enumerate(digits):

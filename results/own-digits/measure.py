@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid, save_image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -38,6 +39,18 @@ def framing_error(framed, reference):
     padded = F.pad(framed.float()[None] / 255, (1, 1, 1, 1))[0]
     target = reference.float() / 255
     return min(((padded[1 + dy : 29 + dy, 1 + dx : 29 + dx] - target) ** 2).mean().item() for dy, dx in SHIFTS)
+
+
+def mnist_framing(path):
+    """MNIST's own framing of a clean digit (light ink on black) at `path`: cropped to its ink, scaled to
+    fit 20x20 (antialiased), its centre of mass shifted to (14, 14): no paper to find, no sign to guess."""
+    clean = pictures.read_gray(path).float() / 255
+    rows, cols = clean.any(1).nonzero()[:, 0], clean.any(0).nonzero()[:, 0]
+    digit = clean[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    scale = pictures.BOX / max(digit.shape)
+    size = [max(1, round(side * scale)) for side in digit.shape]
+    digit = TF.resize(digit[None], size, antialias=True)[0].clamp(min=0)
+    return pictures.centred(digit / digit.max())
 
 
 def style_files(root, style):
@@ -68,7 +81,7 @@ def main():
     for style in sorted(name for name in os.listdir(root) if not name.endswith("-clean")):
         names = style_files(root, style)
         framed = [pictures.read_picture(os.path.join(root, style, name)) for name in names]
-        clean = [pictures.read_picture(os.path.join(root, f"{style}-clean", os.path.splitext(name)[0] + ".png"))
+        clean = [mnist_framing(os.path.join(root, f"{style}-clean", os.path.splitext(name)[0] + ".png"))
                  for name in names]
         errors = torch.tensor([framing_error(f, c) for f, c in zip(framed, clean)])
         found = torch.stack([f for f in framed if f is not None])
