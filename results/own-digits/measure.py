@@ -61,7 +61,7 @@ def style_files(root, style):
 def thumbnail(path):
     """A picture as grey [1, TILE, TILE] for the sheet, whole and squeezed."""
     with Image.open(path) as picture:
-        return data.to_float(torch.from_numpy(np.asarray(picture.convert("L").resize((TILE, TILE))))[None])[0]
+        return data.to_float(torch.from_numpy(np.array(picture.convert("L").resize((TILE, TILE))))[None])[0]
 
 
 def enlarged(digit):
