@@ -60,6 +60,7 @@ SPECK_FRACTION = 0.05  # ink pieces with less than this share of the largest pie
 BORDER_WEIGHT = 0.5  # ink at the border is left out if a piece within weighs this share of it
 DARKEST_PAPER = 0.1  # the least share of the light that paper, or a line on it, is taken to give back
 MIN_CONTRAST = 0.1  # ink less bright than this above the paper is no ink: a blank picture
+PROGRESS_DELAY = 1.0  # seconds of reading pictures before a progress bar is shown
 TEST_FRACTION = 0.1  # of a folder of pictures without train/ and test/
 SPLIT_SEED = 0
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -211,8 +212,8 @@ def ink_pieces(mask):
 def digit_box(ink, floor):
     """Rows and columns (top, bottom, left, right) around the ink brighter than `floor` that is not
     specks, nor pieces at the picture's border where a piece within is heavy enough to be the digit, or
-    None where there is none. The pieces are told apart on a grid of at most PIECES_GRID cells a side (a speck within a
-    cell of the digit joins it)."""
+    None where there is none. The pieces are told apart on a grid of at most PIECES_GRID cells a side
+    (a speck within a cell of the digit joins it)."""
     mask = ink > floor
     if not mask.any():
         return None
@@ -226,8 +227,13 @@ def digit_box(ink, floor):
     if (mass * ~touching).max() >= BORDER_WEIGHT * (mass * touching).max():  # a desk or the paper's edge, not the digit
         mass[touching] = 0
     digit_cells = mass[pieces] >= SPECK_FRACTION * mass.max()
-    digit = mask & digit_cells.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[: mask.shape[0], : mask.shape[1]]
-    rows, cols = digit.any(1).nonzero()[:, 0], digit.any(0).nonzero()[:, 0]
+    digit_pixels = digit_cells.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[: mask.shape[0], : mask.shape[1]]
+    return bounds(mask & digit_pixels)
+
+
+def bounds(mask):
+    """Rows and columns (top, bottom, left, right) around the True pixels of `mask` [H, W] (some)."""
+    rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
@@ -235,18 +241,27 @@ def grown_box(ink, box, floor):
     """`box` grown to the ink brighter than `floor` within RIM pixels of it: a stroke's soft edge."""
     top, bottom, left, right = box
     top, left = max(0, top - RIM), max(0, left - RIM)
-    near = ink[top : bottom + RIM, left : right + RIM] > floor
-    rows, cols = near.any(1).nonzero()[:, 0], near.any(0).nonzero()[:, 0]
-    return top + int(rows[0]), top + int(rows[-1]) + 1, left + int(cols[0]), left + int(cols[-1]) + 1
+    near_top, near_bottom, near_left, near_right = bounds(ink[top : bottom + RIM, left : right + RIM] > floor)
+    return top + near_top, top + near_bottom, left + near_left, left + near_right
+
+
+def scaled(picture, scale):
+    """`picture` [H, W] resized by `scale` (antialiased), each side at least one pixel."""
+    size = [max(1, round(side * scale)) for side in picture.shape]
+    return TF.resize(picture[None], size, antialias=True)[0]
 
 
 def shrink(gray):
     """A picture larger than WORKING_SIZE on its longer side, shrunk to it (antialiased)."""
     scale = WORKING_SIZE / max(gray.shape)
-    if scale >= 1:
-        return gray
-    size = [max(1, round(side * scale)) for side in gray.shape]
-    return TF.resize(gray[None], size, antialias=True)[0]
+    return gray if scale >= 1 else scaled(gray, scale)
+
+
+def fitted(digit):
+    """`digit` [h, w] in [0, 1], cropped to its ink, as MNIST placed its digits, uint8 [28, 28]: scaled to
+    fit BOX (antialiased), its ink at full brightness, centred by its mass."""
+    digit = scaled(digit, BOX / max(digit.shape)).clamp(min=0)
+    return centred(digit / digit.max())
 
 
 def frame_like_mnist(gray):
@@ -257,17 +272,11 @@ def frame_like_mnist(gray):
     box = digit_box(ink, max(floor, STRONG * ink.max().item()))
     if box is None:
         return None
-    box = grown_box(ink, box, floor)
-    top, bottom, left, right = box
+    top, bottom, left, right = grown_box(ink, box, floor)
     digit = ink[top:bottom, left:right]
     if digit.max().item() - noise < max(MIN_CONTRAST, noise):
         return None
-    digit = (digit - noise).clamp(min=0)
-    scale = BOX / max(digit.shape)
-    if scale != 1:
-        size = [max(1, round(side * scale)) for side in digit.shape]
-        digit = TF.resize(digit[None], size, antialias=True)[0].clamp(min=0)
-    return centred(digit / digit.max())  # the ink at full brightness, as MNIST's
+    return fitted((digit - noise).clamp(min=0))
 
 
 def centred(digit):
@@ -319,8 +328,8 @@ def read_pictures(paths, plain_resize=False, folder=None):
     are not pictures (links to nothing too) are skipped and counted, a picture without ink is
     skipped and named; a file named as a picture that cannot be decoded is a InputError."""
     images, kept, skipped = [], [], []
-    shown = sys.stderr.isatty() and len(paths) >= 1000  # framing takes a few ms a picture
-    for path in tqdm(paths, desc="reading pictures", leave=False, disable=not shown):
+    shown = sys.stderr.isatty()
+    for path in tqdm(paths, desc="reading pictures", leave=False, disable=not shown, delay=PROGRESS_DELAY):
         name = os.path.relpath(path, folder) if folder else path
         try:
             if not os.path.isfile(path):  # a link to nothing, a socket, ...

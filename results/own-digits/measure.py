@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import make_grid, save_image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -45,12 +44,8 @@ def mnist_framing(path):
     """MNIST's own framing of a clean digit (light ink on black) at `path`: cropped to its ink, scaled to
     fit 20x20 (antialiased), its centre of mass shifted to (14, 14): no paper to find, no sign to guess."""
     clean = pictures.read_gray(path).float() / 255
-    rows, cols = clean.any(1).nonzero()[:, 0], clean.any(0).nonzero()[:, 0]
-    digit = clean[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    scale = pictures.BOX / max(digit.shape)
-    size = [max(1, round(side * scale)) for side in digit.shape]
-    digit = TF.resize(digit[None], size, antialias=True)[0].clamp(min=0)
-    return pictures.centred(digit / digit.max())
+    top, bottom, left, right = pictures.bounds(clean > 0)
+    return pictures.fitted(clean[top:bottom, left:right])
 
 
 def style_files(root, style):
