@@ -22,7 +22,9 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end runs of a minute or so; run with --run-slow")
+    config.addinivalue_line(
+        "markers", "slow: end-to-end runs of a minute or so; run with --run-slow"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -82,12 +84,29 @@ def trained_run(tiny_mnist, tmp_path_factory):
     import train
 
     out_dir = str(tmp_path_factory.mktemp("run"))
-    assert train.main(["--data-dir", tiny_mnist, "--out-dir", out_dir, "--epochs", "2",
-                       "--batch-size", "32", "--device", "cpu"]) == 0
+    assert (
+        train.main(
+            [
+                "--data-dir",
+                tiny_mnist,
+                "--out-dir",
+                out_dir,
+                "--epochs",
+                "2",
+                "--batch-size",
+                "32",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     return out_dir
 
 
-Result = collections.namedtuple("Result", "returncode stdout stderr")  # of a script's main() called by `cli`
+Result = collections.namedtuple(
+    "Result", "returncode stdout stderr"
+)  # of a script's main() called by `cli`
 
 
 @pytest.fixture
@@ -109,13 +128,16 @@ def cli(capsys):
 def snapshot(folder):
     """Bytes of every file in `folder`, to show that nothing was overwritten. The lock file
     is left out: it names whichever run held the folder last, and holds no results."""
-    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
-            if name != ".lock"}
+    return {
+        name: open(os.path.join(folder, name), "rb").read()
+        for name in sorted(os.listdir(folder))
+        if name != ".lock"
+    }
 
 
 @pytest.fixture
 def run_dir(trained_run, tmp_path):
-    """A copy of a finished run (best.pt, last.pt, history.csv) that a bad command must not touch."""
+    """A copy of a finished run (best.pt, last.pt, history.csv) that bad commands must not touch."""
     folder = str(tmp_path / "run")
     shutil.copytree(trained_run, folder)
     return folder

@@ -1,14 +1,16 @@
-"""MNIST (or Fashion-MNIST, or a folder of your own pictures) in memory, batches, and the stage-2
-augmentation; the flags, messages and device choice every script shares.
+"""MNIST (or Fashion-MNIST, or a folder of your own pictures) in memory, batches, the stage-2
+augmentation; the flags, messages, signals, files and device choice that every script shares.
 
-Each split is kept as one uint8 tensor on the device; a batch is an index into it, scaled to [0, 1]
-as ToTensor does (no normalization: the reference's loss numbers depend on it). The stage-2
-augmentation is the reference's RandomPerspective(0.4, p=0.5) then RandomRotation((-10, 10)), each
-sample's parameters drawn as torchvision draws them, applied to a whole batch by `grid_sample`.
+Each split is one uint8 tensor on the device; a batch is an index into it, scaled to [0, 1] as
+ToTensor does (no normalization: the reference's loss numbers depend on it). The stage-2 warps are
+the reference's RandomPerspective(0.4, p=0.5) then RandomRotation((-10, 10)), drawn per sample as
+torchvision draws them, applied to a whole batch by `grid_sample`.
 """
 
+import contextlib
 import math
 import os
+import signal
 import sys
 
 import torch
@@ -20,53 +22,109 @@ from model import first_line
 DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
 NO_LABEL = -1  # the label of a picture of your own that is not in a class subfolder
 EXIT_USAGE = 2  # every script's exit status for a mistake in its flags or input files
+EXIT_CANNOT_WRITE = 4  # and for a file it cannot write
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM]  # Ctrl-C; `kill`, `timeout`, job schedulers
+if hasattr(signal, "SIGHUP"):  # a closed terminal, ssh session or notebook cell (not on Windows)
+    STOP_SIGNALS.append(signal.SIGHUP)
 IMAGE_SIZE = 28
 DISTORTION_SCALE = 0.4
 PERSPECTIVE_P = 0.5
 MAX_ROTATION_DEGREES = 10.0
-CORNERS = torch.tensor([[0, 0], [27, 0], [27, 27], [0, 27]])  # (x, y): top-left, top-right, bottom-right, bottom-left
-INWARD = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]])  # the way each corner moves in
-
+# The corners (x, y): top-left, top-right, bottom-right, bottom-left, and the way each moves in.
+CORNERS = torch.tensor([[0, 0], [27, 0], [27, 27], [0, 27]])
+INWARD = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]])
 
 class InputError(Exception):
-    """A mistake in the flags or input files (or a device that is not there); the message says what to do."""
+    """A mistake in the flags or input files, or a device that is not there: the message says."""
 
+class CannotWrite(Exception):
+    """A file could not be written; the message names it and the reason."""
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal arrived: Ctrl-C, SIGTERM or SIGHUP (its number is args[0])."""
 
 def add_arguments(parser):
     """The flags every script shares."""
     add = parser.add_argument
-    add("--data-dir", default="./data", help="holds MNIST/raw/, downloaded there if missing (default: ./data)")
-    add("--dataset", choices=[*DATASETS, "images"], default="mnist", help="images: a folder of your own pictures")
-    add("--plain-resize", action="store_true", help="your pictures resized whole, not framed as MNIST's digits")
-    add("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="auto: cuda, then mps, then cpu")
-
+    add("--data-dir", default="./data", help="holds MNIST/raw/, downloaded if missing (./data)")
+    add("--dataset", choices=[*DATASETS, "images"], default="mnist", help="images: your folder")
+    add("--plain-resize", action="store_true", help="your pictures resized whole, not framed")
+    add("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+        help="auto: cuda, then mps, then cpu")
 
 def say(*parts, file=None):
-    """print, flushed; a name the output cannot encode is escaped, and output nobody reads any more (a
-    closed pipe, after `| head`) is dropped, so that the work goes on."""
+    """print, flushed. A name the output cannot encode is escaped, and output that nobody reads
+    any more (a closed pipe after `| head`, a closed terminal) is dropped, so the work goes on."""
     file = file or sys.stdout
     encoding = getattr(file, "encoding", None) or "utf-8"
+    text = " ".join(map(str, parts)).encode(encoding, "backslashreplace").decode(encoding)
     try:
-        print(" ".join(map(str, parts)).encode(encoding, "backslashreplace").decode(encoding), file=file, flush=True)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), file.fileno())
+        print(text, file=file, flush=True)
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), file.fileno())
 
+def progress_shown():
+    """Whether a progress bar is watched: on a terminal or in a notebook cell, not in a log file."""
+    return sys.stderr is not None and (sys.stderr.isatty() or "ipykernel" in sys.modules)
 
 def fail(error, status=EXIT_USAGE):
     """Every script's way out on bad input: one line on stderr, then the exit status to return."""
     say(f"error: {error}", file=sys.stderr)
     return status
 
+def atomic_write(path, content):
+    """Write bytes to a temp file beside `path`, flushed to disk, then moved over `path` in one
+    step: a crash or a full disk leaves the previous file whole."""
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(content)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise CannotWrite(f"cannot write {path}: {error.strerror or error}") from None
+
+def stop_name(number):
+    """A stop signal as the user knows it."""
+    return "Ctrl-C" if number == signal.SIGINT else signal.Signals(number).name
+
+@contextlib.contextmanager
+def stop_signals(handler=None):
+    """While the block runs, Ctrl-C, SIGTERM and SIGHUP go to `handler`, or else raise Interrupted
+    (as Ctrl-C raises KeyboardInterrupt); after it, the handlers are as they were."""
+    def interrupt(number, _frame):
+        raise Interrupted(number)
+    previous = {number: signal.signal(number, handler or interrupt) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler_before in previous.items():
+            signal.signal(number, handler_before)
+
+@contextlib.contextmanager
+def exact_fp32():
+    """While the block runs, fp32 stays fp32 on CUDA GPUs (no TF32), so a GPU computes the CPU's
+    numbers; after it, the user's own settings are back."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32, cudnn.allow_tf32 = False, False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
 
 def choose_device(name):
-    """--device (auto: cuda, then mps, then cpu). On CUDA fp32 stays fp32 (no TF32): the CPU's numbers."""
+    """The device that --device names; auto: cuda, then mps, then cpu."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available() or name == "mps" and not torch.backends.mps.is_available():
+        name = "cuda" if cuda else ("mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
         raise InputError(f"--device {name}: no such device is available here; use --device cpu")
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     return torch.device(name)
-
 
 def load_split(data_dir, train, dataset="mnist", plain_resize=False):
     """(images uint8 [N, 28, 28], labels int64 [N]) of one split: downloaded if missing, an
@@ -74,54 +132,54 @@ def load_split(data_dir, train, dataset="mnist", plain_resize=False):
     if dataset == "images":
         import pictures  # only for your own pictures: the four training files work without it
         return pictures.folder_split(data_dir, train, plain_resize)
-    folder = os.path.join(data_dir, DATASETS[dataset].__name__, "raw")
-    names = [os.path.basename(url)[: -len(".gz")] for url, _md5 in DATASETS[dataset].resources]
+    kind = DATASETS[dataset]
+    folder = os.path.join(data_dir, kind.__name__, "raw")
+    names = [os.path.basename(url)[: -len(".gz")] for url, _md5 in kind.resources]
     try:
-        split = DATASETS[dataset](data_dir, train=train, download=True)
+        split = kind(data_dir, train=train, download=True)
         images, labels = split.data, split.targets
     except (RuntimeError, OSError, AssertionError, ValueError) as error:
         if not all(os.path.exists(os.path.join(folder, name)) for name in names):
-            raise InputError(f"{dataset} is not in {folder}/ and could not be downloaded ({first_line(error)}); put "
-                             f"{', '.join(names)} there, or pass --data-dir naming the folder that holds "
-                             f"{DATASETS[dataset].__name__}/raw/") from None
-        raise InputError(f"{dataset} files in {folder}/ are corrupt ({first_line(error)}); delete them to download "
-                         f"again") from None
+            raise InputError(
+                f"{dataset} is not in {folder}/ and could not be downloaded ({first_line(error)});"
+                f" put {', '.join(names)} there, or pass --data-dir naming the folder that holds"
+                f" {kind.__name__}/raw/") from None
+        raise InputError(f"{dataset} files in {folder}/ are corrupt ({first_line(error)}); delete"
+                         f" them to download again") from None
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(labels) != len(images):
-        raise InputError(f"{dataset} files in {folder}/ are corrupt: images {tuple(images.shape)}, labels "
-                         f"{tuple(labels.shape)}; delete them to download again")
+        raise InputError(f"{dataset} files in {folder}/ are corrupt: images {tuple(images.shape)},"
+                         f" labels {tuple(labels.shape)}; delete them to download again")
     return images, labels.long()
-
 
 def load_splits(data_dir, dataset, device, subset=None, plain_resize=False):
     """[(train images, labels), (test images, labels)] on `device`, cut to the first `subset`."""
     splits = [load_split(data_dir, train, dataset, plain_resize) for train in (True, False)]
     return [(images[:subset].to(device), labels[:subset].to(device)) for images, labels in splits]
 
-
 def to_float(images_uint8):
     """uint8 [B, 28, 28] -> float [B, 1, 28, 28] in [0, 1], the same numbers as ToTensor."""
     return images_uint8.unsqueeze(1).float().div_(255)
 
-
 def to_device(tensor, device):
-    """A CPU tensor on `device`; to a CUDA GPU through pinned memory, so that the CPU does not wait."""
-    return (tensor.pin_memory() if device.type == "cuda" else tensor).to(device, non_blocking=True)
-
+    """A CPU tensor on `device`; to a CUDA GPU through pinned memory, so the CPU does not wait."""
+    pinned = tensor.pin_memory() if device.type == "cuda" else tensor
+    return pinned.to(device, non_blocking=True)
 
 def batches(images, batch_size, generator=None):
-    """Float batches of `images`, in order or shuffled by `generator` (on the CPU: the same everywhere)."""
-    order = torch.arange(len(images)) if generator is None else torch.randperm(len(images), generator=generator)
+    """Float batches of `images`, in order, or shuffled by `generator` (a CPU generator: the same
+    order on every device)."""
+    order = torch.arange(len(images))
+    if generator is not None:
+        order = torch.randperm(len(images), generator=generator)
     order = to_device(order, images.device)
     for start in range(0, len(images), batch_size):
         yield to_float(images[order[start : start + batch_size]])
-
 
 def sample_perspective_endpoints(batch_size, generator):
     """Corner targets [B, 4, 2] as RandomPerspective.get_params draws them: each corner moves in by
     a whole number of pixels, uniform in [0, 0.4 * 14], independently in x and y."""
     bound = int(DISTORTION_SCALE * (IMAGE_SIZE // 2)) + 1
     return CORNERS + INWARD * torch.randint(0, bound, (batch_size, 4, 2), generator=generator)
-
 
 def perspective_coefficients(startpoints, endpoints):
     """The 8 homography coefficients [B, 8] that map each output pixel back to the input: the
@@ -134,41 +192,40 @@ def perspective_coefficients(startpoints, endpoints):
     system = torch.stack([rows_u, rows_v], dim=2).reshape(-1, 8, 8)
     return torch.linalg.solve(system, torch.stack([u, v], dim=-1).reshape(-1, 8)).float()
 
-
 def perspective(batch, coefficients):
-    """Warp each image by its homography `coefficients` [B, 8] (bilinear, zeros outside), as torchvision does."""
+    """Warp each image by its homography `coefficients` [B, 8] (bilinear, zeros outside), as
+    torchvision does."""
     size = batch.shape[-1]
     a_to_f, g_h = coefficients[:, :6].unflatten(1, (2, 3)), coefficients[:, 6:]
     homography = torch.cat([a_to_f / (0.5 * size), F.pad(g_h, (0, 1), value=1.0)[:, None]], dim=1)
-    y, x = torch.meshgrid(*[torch.arange(size, device=batch.device, dtype=torch.float32) + 0.5] * 2, indexing="ij")
-    centres = torch.stack([x.flatten(), y.flatten(), torch.ones_like(x.flatten())], dim=-1)  # homogeneous (x, y, 1)
-    projected = centres @ homography.transpose(1, 2)
+    steps = torch.arange(size, device=batch.device, dtype=torch.float32) + 0.5  # pixel centres
+    y, x = torch.meshgrid(steps, steps, indexing="ij")
+    centres = torch.stack([x.flatten(), y.flatten(), torch.ones_like(x.flatten())], dim=-1)
+    projected = centres @ homography.transpose(1, 2)  # homogeneous (x, y, 1)
     grid = (projected[..., :2] / projected[..., 2:] - 1.0).unflatten(1, (size, size))
     return F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
 
 def rotate(batch, degrees):
     """Rotate each image counter-clockwise about its centre (nearest, zeros outside)."""
     cos, sin = torch.cos(degrees * (math.pi / 180)), torch.sin(degrees * (math.pi / 180))
     zeros = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos, -sin, zeros], -1), torch.stack([sin, cos, zeros], -1)], 1)
-    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    rows = [torch.stack([cos, -sin, zeros], -1), torch.stack([sin, cos, zeros], -1)]
+    grid = F.affine_grid(torch.stack(rows, 1), list(batch.shape), align_corners=False)
     return F.grid_sample(batch, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-
 
 def draw_augmentation(batch_size, generator):
     """Each sample's stage-2 parameters, drawn on the CPU: [B, 10], the 8 perspective
     coefficients, 1.0 where the perspective applies (else 0.0), and the rotation in degrees."""
     warp = torch.rand(batch_size, generator=generator) < PERSPECTIVE_P
     endpoints = sample_perspective_endpoints(batch_size, generator)
-    degrees = torch.empty(batch_size).uniform_(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES, generator=generator)
+    degrees = torch.empty(batch_size)
+    degrees.uniform_(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES, generator=generator)
     coefficients = perspective_coefficients(CORNERS, endpoints)
     return torch.cat([coefficients, warp[:, None].float(), degrees[:, None]], dim=1)
 
-
 def augment(batch, generator):
     """Stage-2 augmentation of a float batch [B, 1, 28, 28], parameters drawn per sample."""
-    parameters = to_device(draw_augmentation(len(batch), generator), batch.device)  # one copy to a GPU
+    parameters = to_device(draw_augmentation(len(batch), generator), batch.device)  # one copy
     coefficients, warp, degrees = parameters[:, :8], parameters[:, 8] > 0.5, parameters[:, 9]
     # Every image is warped and the unwarped ones kept where the coin said no: no data-dependent
     # shape (a GPU sync), and an identity warp would not return the images bit for bit.

@@ -1,8 +1,10 @@
-"""The convolutional autoencoder, layer for layer as the reference project, and its safe loader.
+"""The convolutional autoencoder, layer for layer as the reference project, its error on a set of
+images, and the safe loader of its checkpoints.
 
-28x28 digit -> encoder -> 128 numbers -> decoder -> 28x28 reconstruction. The module names
-(encoder.0.0.weight, ...) are the reference checkpoint's, so its weights load with strict=True.
-`python model.py` prints the layers.
+A 28x28 digit goes through the encoder to 128 numbers (its code), and the decoder draws a 28x28
+digit back from them. The module names (encoder.0.0.weight, ...) are the reference checkpoint's,
+so its weights load with strict=True. Pasted into a notebook cell, this file defines the model and
+prints nothing: `print(AutoEncoder())` shows the layers.
 """
 
 import numpy as np
@@ -13,25 +15,22 @@ LATENT_DIM = 128
 # The reference saved `loss` as a numpy float64, which unpickles through numpy's scalar
 # constructor (numpy.core.* in numpy 1, numpy._core.* in numpy 2); nothing else is allowed.
 NUMPY_SCALAR = np.float64(0).__reduce__()[0]
-NUMPY_FLOAT64_GLOBALS = [(NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
-                         (NUMPY_SCALAR, "numpy._core.multiarray.scalar"), np.dtype, type(np.dtype(np.float64))]
-
+NUMPY_FLOAT64_GLOBALS = [(NUMPY_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
+                         (NUMPY_SCALAR, "numpy._core.multiarray.scalar"), type(np.dtype("f8"))]
 
 class CheckpointError(Exception):
     """A checkpoint file that cannot be used; the message says why."""
 
-
 def conv_block(in_channels, out_channels, padding):
-    """Conv -> BatchNorm -> 2x2 max-pool -> ELU, as the reference's encoder blocks."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=padding), nn.BatchNorm2d(out_channels),
-                         nn.MaxPool2d(2), nn.ELU())
-
+    """Conv, then BatchNorm, 2x2 max-pool and ELU, as the reference's encoder blocks."""
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=padding)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.MaxPool2d(2), nn.ELU())
 
 def deconv_block(in_channels, out_channels, padding):
-    """2x upsample -> transposed conv -> BatchNorm -> ELU, as the reference's decoder blocks."""
-    return nn.Sequential(nn.Upsample(scale_factor=2), nn.ConvTranspose2d(in_channels, out_channels, 3, padding=padding),
-                         nn.BatchNorm2d(out_channels), nn.ELU())
-
+    """2x upsample, then a transposed conv, BatchNorm and ELU, as the reference's decoder blocks."""
+    deconv = nn.ConvTranspose2d(in_channels, out_channels, 3, padding=padding)
+    upsample = nn.Upsample(scale_factor=2)
+    return nn.Sequential(upsample, deconv, nn.BatchNorm2d(out_channels), nn.ELU())
 
 class AutoEncoder(nn.Module):
     def __init__(self):
@@ -56,15 +55,28 @@ class AutoEncoder(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x):
-        latent = self.encoder(x)
-        return self.decoder(latent), latent
+        """Images [B, 1, 28, 28] in [0, 1] -> a tuple (reconstructions [B, 1, 28, 28], codes
+        [B, 128]), as the reference's forward. The reconstructions are not clamped: ELU lets
+        them stray a little outside [0, 1], so clamp them to show them."""
+        code = self.encoder(x)
+        return self.decoder(code), code
 
+def per_image_mse(model, images, batch_size=200):
+    """The mean squared error of each image's reconstruction: `images` uint8 [N, 28, 28] on the
+    model's device, scaled to [0, 1] as ToTensor does; float64 [N] on the CPU. It runs in fp32
+    whatever the training arithmetic, so that every device and run is measured alike."""
+    model.eval()
+    errors = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = images[start : start + batch_size].unsqueeze(1).float() / 255
+            errors.append((model(x)[0] - x).pow(2).mean(dim=(1, 2, 3)))
+    return torch.cat(errors).cpu().double()
 
 def first_line(error):
     """An exception's message cut to one line (its type's name where it has none)."""
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
-
 
 def load_checkpoint(path, device="cpu"):
     """Load a checkpoint safely (weights_only) and return (model, checkpoint dict). Raises
@@ -76,21 +88,15 @@ def load_checkpoint(path, device="cpu"):
     except OSError as error:
         raise CheckpointError(f"{path}: {error.strerror or error}") from None
     except Exception as error:
-        raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint ({first_line(error)})") from None
+        reason = first_line(error)
+        raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model_state_dict"), dict):
-        raise CheckpointError(f"{path}: has no 'model_state_dict'; is it a checkpoint of this project?")
-    model = AutoEncoder().to(device)
+        raise CheckpointError(f"{path}: no 'model_state_dict'; is it a checkpoint of this project?")
+    with torch.random.fork_rng(devices=[]):  # the weights are the file's: the seed is left alone
+        model = AutoEncoder().to(device)
     try:
         model.load_state_dict(checkpoint["model_state_dict"])
-    except (RuntimeError, TypeError, AttributeError) as error:  # torch's message lists every mismatch
-        raise CheckpointError(f"{path}: weights of another model ({' '.join(str(error).split()[6:])[:300]})") from None
+    except (RuntimeError, TypeError, AttributeError) as error:
+        mismatches = " ".join(str(error).split()[6:])[:300]  # torch's message lists every one
+        raise CheckpointError(f"{path}: weights of another model ({mismatches})") from None
     return model, checkpoint
-
-
-def main():
-    model = AutoEncoder()
-    print(f"{model}\n{sum(p.numel() for p in model.parameters()):,} parameters")
-
-
-if __name__ == "__main__":
-    main()

@@ -9,30 +9,38 @@ torch.optim.Muon (torch 2.9 and later) takes 2-D parameters only; on those the u
 
 import torch
 
-NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic, as torch.optim.Muon's
+# The quintic X <- a X + b (X X^T) X + c (X X^T)^2 X. Its steep slope at 0 (a = 3.4) lifts small
+# singular values to about 1 within five steps, at the price of leaving them anywhere between
+# about 0.7 and 1.2 rather than at 1 exactly, which is all Muon needs (Muon's and torch's own).
+NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NEWTON_SCHULZ_STEPS = 5
 EPS = 1e-7
 
-
 def orthogonalize(matrix):
-    """About U V^T of the SVD U S V^T of `matrix`, by Newton-Schulz iterations X <- a X + (b G + c G^2) X
-    with G = X X^T; the singular values end between about 0.7 and 1.2, which is all Muon needs."""
+    """About U V^T of the SVD U S V^T of `matrix`, by Newton-Schulz iterations."""
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
-    tall = matrix.size(0) > matrix.size(1)  # iterated wide, where the Gram matrix is the smaller one
-    x = matrix.float().T if tall else matrix.float()
+    tall = matrix.size(0) > matrix.size(1)
+    x = matrix.float()
+    if tall:  # iterated wide, where the Gram matrix X X^T is the smaller one
+        x = x.T
     x = x / x.norm().clamp(min=EPS)  # the spectral norm at most 1, where the iteration converges
     for _ in range(NEWTON_SCHULZ_STEPS):
         gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return (x.T if tall else x).to(matrix.dtype)
-
+        polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
+        x = torch.addmm(x, polynomial, x, beta=a)  # a X + (b G + c G^2) X
+    if tall:
+        x = x.T
+    return x.to(matrix.dtype)
 
 class Muon(torch.optim.Optimizer):
-    """Muon for kernels whose output channels lie in dimension `out_dim` (0: Conv2d, 1: ConvTranspose2d);
-    weight decay is decoupled, as AdamW's: each step multiplies a kernel by 1 - lr * weight_decay."""
+    """Muon for kernels whose output channels lie in dimension `out_dim` (0: Conv2d, 1:
+    ConvTranspose2d). Weight decay is decoupled, as AdamW's: each step multiplies a kernel by
+    1 - lr * weight_decay."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, out_dim=0):
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "out_dim": out_dim})
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                    "out_dim": out_dim}
+        super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -46,7 +54,9 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(kernel)
                 buffer = state["momentum_buffer"].lerp_(kernel.grad, 1 - momentum)
                 nesterov = kernel.grad.lerp(buffer, momentum).transpose(0, out_dim)
-                matrix = nesterov.flatten(1)
-                update = orthogonalize(matrix) * max(1, matrix.size(0) / matrix.size(1)) ** 0.5
+                matrix = nesterov.flatten(1)  # [out channels, in channels x 3 x 3]
+                # Scaled so that a tall matrix's update is as large per entry as a wide one's.
+                scale = max(1, matrix.size(0) / matrix.size(1)) ** 0.5
+                update = orthogonalize(matrix) * scale
                 kernel.mul_(1 - lr * group["weight_decay"])
                 kernel.add_(update.view_as(nesterov).transpose(0, out_dim), alpha=-lr)

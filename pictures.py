@@ -26,6 +26,7 @@ picture to 28x28, for pictures that already fill their frame as the model expect
 
 import argparse
 import functools
+import io
 import os
 import sys
 import warnings
@@ -33,7 +34,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
@@ -58,13 +59,17 @@ RIM = 2  # pixels around it where a stroke's soft edge is found
 PIECES_GRID = 64  # cells a side at most, on which pieces of ink are told apart
 SPECK_FRACTION = 0.05  # ink pieces with less than this share of the largest piece's ink are noise
 BORDER_WEIGHT = 0.5  # ink at the border is left out if a piece within weighs this share of it
-DARKEST_PAPER = 0.1  # the least share of the light that paper, or a line on it, is taken to give back
+DARKEST_PAPER = 0.1  # the least share of the light that paper, or a line on it, is taken to return
 MIN_CONTRAST = 0.1  # ink less bright than this above the paper is no ink: a blank picture
 PROGRESS_DELAY = 1.0  # seconds of reading pictures before a progress bar is shown
 TEST_FRACTION = 0.1  # of a folder of pictures without train/ and test/
 SPLIT_SEED = 0
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
-OPENABLE = {extension for extension, kind in Image.registered_extensions().items() if kind in Image.OPEN}
+OPENABLE = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN}
+
+
+MAKER = "mnist-autoencoder"  # the "Software" text of the PNGs its scripts write, with the script
+SCRIPT = "pictures.py"
 
 
 class NotAnImage(Exception):
@@ -81,18 +86,20 @@ def read_gray(path):
     is_picture = path.lower().endswith(tuple(OPENABLE))
     try:
         with warnings.catch_warnings(), Image.open(path) as picture:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large photos are read shrunk
-            picture.draft("L", (WORKING_SIZE, WORKING_SIZE))  # a JPEG decodes straight at a smaller size
+            # Large photos are read shrunk: a JPEG decodes straight at a smaller size.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture.draft("L", (WORKING_SIZE, WORKING_SIZE))
             picture = ImageOps.exif_transpose(picture)
             if picture.mode in SIXTEEN_BIT_MODES:
-                picture = Image.fromarray((np.asarray(picture, dtype=np.float64) / 257).clip(0, 255).round()
-                                          .astype(np.uint8))
+                wide = np.asarray(picture, dtype=np.float64)
+                picture = Image.fromarray((wide / 257).clip(0, 255).round().astype(np.uint8))
             if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
                 white = Image.new("RGBA", picture.size, "white")
                 picture = Image.alpha_composite(white, picture.convert("RGBA"))
             gray = picture.convert("L")  # decodes the whole file: a truncated one fails here
     except Image.DecompressionBombError as error:
-        raise Unreadable(f"{error.args[0].split(' could')[0]}, more than Pillow opens safely; shrink it") from None
+        size = error.args[0].split(" could")[0]
+        raise Unreadable(f"{size}, more than Pillow opens safely; shrink it") from None
     except UnidentifiedImageError as error:
         if is_picture:
             raise Unreadable(f"Pillow cannot decode it ({error})") from None
@@ -110,8 +117,8 @@ def window(picture):
 def paper(picture, dark_ink):
     """The paper under `picture` [H, W]: a morphological closing (for dark ink; an opening for light
     ink) with a square window wider than any stroke. Pen and marker strokes vanish from it, while a
-    gradient of light, a shadow's edge and, as the picture is first extended by its own border, a desk
-    along that border stay."""
+    gradient of light, a shadow's edge and, as the picture is first extended by its own border, a
+    desk along that border stay."""
     size = window(picture)
     half = size // 2
 
@@ -125,11 +132,12 @@ def paper(picture, dark_ink):
 
 
 def evened(picture):
-    """`picture` [H, W] less the smooth light across it: a quadratic surface fitted to all of it, then
-    refitted without the pixels far from it (the ink, a desk, a shadow), a few times."""
+    """`picture` [H, W] less the smooth light across it: a quadratic surface fitted to all of it,
+    then refitted without the pixels far from it (the ink, a desk, a shadow), a few times."""
     height, width = picture.shape
     y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-    terms = torch.stack([torch.ones_like(x), y, x, y * y, y * x, x * x], dim=-1).reshape(-1, 6).double()
+    terms = torch.stack([torch.ones_like(x), y, x, y * y, y * x, x * x], dim=-1)
+    terms = terms.reshape(-1, 6).double()
     values, kept = picture.reshape(-1, 1).double(), torch.ones(height * width, dtype=torch.bool)
     for _ in range(SURFACE_FITS):
         surface = terms @ torch.linalg.lstsq(terms[kept], values[kept]).solution
@@ -139,10 +147,10 @@ def evened(picture):
 
 
 def levelled_ink(picture):
-    """The ink of `picture` [H, W] in [0, 1] as its height above the paper (dark ink: the share of the
-    paper's light it takes), light on black whether it was darker or lighter than the paper, by the side
-    to which the picture is skewed once the light across it is evened out (the ink is the few pixels far
-    from the many of the paper); and the paper's noise level."""
+    """The ink of `picture` [H, W] in [0, 1] as its height above the paper (dark ink: the share of
+    the paper's light it takes), light on black whether it was darker or lighter than the paper, by
+    the side to which the picture is skewed once the light across it is evened out (the ink is the
+    few pixels far from the many of the paper); and the paper's noise level."""
     if (evened(picture) ** 3).mean() < 0:  # skewed to dark: a few dark pixels on light paper
         light = paper(picture, dark_ink=True)
         ink = (light - picture) / light.clamp(min=DARKEST_PAPER)
@@ -153,18 +161,18 @@ def levelled_ink(picture):
 
 
 def median_along(values, run):
-    """The median of `run` values around each of `values` [H, W] along its rows (the ends repeated)."""
+    """The median of `run` values around each of `values` [H, W] along its rows (ends repeated)."""
     padded = F.pad(values[:, None], (run // 2, run // 2), mode="replicate")[:, 0]
     return padded.unfold(1, run, 1).median(-1).values
 
 
 def lines_across(ink, floor):
-    """The ink of the straight lines across `ink` [H, W], tilted by up to MAX_SLOPE, at each of their
-    pixels (0 elsewhere). For each slope, every path of pixels along it whose ink, the median of LINE_RUN
-    pixels along it, reaches `floor` in LINE_FRACTION of it and within LINE_END of both its ends is a
-    printed line (it runs off the picture; a digit has margins). A line's own ink is the median along it,
-    over a window and over its whole length, so that a stroke across it or along a stretch of it is not
-    taken for it."""
+    """The ink of the straight lines across `ink` [H, W], tilted by up to MAX_SLOPE, at each of
+    their pixels (0 elsewhere). For each slope, every path of pixels along it whose ink, the median
+    of LINE_RUN pixels along it, reaches `floor` in LINE_FRACTION of it and within LINE_END of both
+    its ends is a printed line (it runs off the picture; a digit has margins). A line's own ink is
+    the median along it, over a window and over its whole length, so that a stroke across it or
+    along a stretch of it is not taken for it."""
     height, width = ink.shape
     found, columns = torch.zeros(height * width), torch.arange(width)
     reach, run, long_run = max(1, round(LINE_END * width)), min(LINE_RUN, width) | 1, window(ink)
@@ -173,14 +181,17 @@ def lines_across(ink, floor):
         return flags.int().argmax(1), width - 1 - flags.flip(1).int().argmax(1)
 
     for slope in torch.arange(-round(MAX_SLOPE * width), round(MAX_SLOPE * width) + 1) / width:
-        rows = torch.arange(height)[:, None] + (slope * (columns - width / 2)).round().long()  # [H, W]
+        rise = (slope * (columns - width / 2)).round().long()
+        rows = torch.arange(height)[:, None] + rise  # [H, W]
         inside = (rows >= 0) & (rows < height)
         values = ink[rows.clamp(0, height - 1), columns] * inside
-        maybe = ((values > floor).sum(1) >= LINE_FRACTION / 2 * inside.sum(1)) & (inside.sum(1) >= width / 2)
-        rows, inside, values = rows[maybe], inside[maybe], values[maybe]  # the rest cannot be lines: skipped
+        lengths = inside.sum(1)
+        maybe = ((values > floor).sum(1) >= LINE_FRACTION / 2 * lengths) & (lengths >= width / 2)
+        rows, inside, values = rows[maybe], inside[maybe], values[maybe]  # the rest cannot be lines
         lit = (median_along(values, run) > floor) & inside
         (first, last), (start, end) = ends(lit), ends(inside)
-        line = (lit.sum(1) >= LINE_FRACTION * inside.sum(1)) & (first - start < reach) & (end - last < reach)
+        reaches_ends = (first - start < reach) & (end - last < reach)
+        line = (lit.sum(1) >= LINE_FRACTION * inside.sum(1)) & reaches_ends
         if not line.any():
             continue
         whole = torch.where(inside, values, torch.nan)[line].nanmedian(1, keepdim=True).values
@@ -191,17 +202,19 @@ def lines_across(ink, floor):
 
 
 def without_lines(ink, floor):
-    """`ink` without ruled and grid lines, a margin or a paper's edge: lines of ink across nearly the
-    whole picture. Where a stroke crosses a line, what its ink adds to the line's is kept, as through a
-    filter (nothing is removed that would leave no ink)."""
-    line = torch.maximum(lines_across(ink, LINE_FLOOR * floor), lines_across(ink.T, LINE_FLOOR * floor).T)
+    """`ink` without ruled and grid lines, a margin or a paper's edge: lines of ink across nearly
+    the whole picture. Where a stroke crosses a line, what its ink adds to the line's is kept, as
+    through a filter (nothing is removed that would leave no ink)."""
+    across, down = lines_across(ink, LINE_FLOOR * floor), lines_across(ink.T, LINE_FLOOR * floor).T
+    line = torch.maximum(across, down)
     kept = ((ink - line) / (1 - line).clamp(min=DARKEST_PAPER)).clamp(min=0)
     return kept if (kept > floor).any() else ink
 
 
 def ink_pieces(mask):
     """Each pixel of `mask` [H, W] labelled by its 8-connected piece (0 outside the mask)."""
-    labels = torch.where(mask, torch.arange(1, mask.numel() + 1, dtype=torch.float32).reshape(mask.shape), 0.0)
+    numbers = torch.arange(1, mask.numel() + 1, dtype=torch.float32).reshape(mask.shape)
+    labels = torch.where(mask, numbers, 0.0)
     while True:  # every pixel takes the largest label around it until the pieces agree
         spread = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
         if torch.equal(spread, labels):
@@ -211,37 +224,43 @@ def ink_pieces(mask):
 
 def digit_box(ink, floor):
     """Rows and columns (top, bottom, left, right) around the ink brighter than `floor` that is not
-    specks, nor pieces at the picture's border where a piece within is heavy enough to be the digit, or
-    None where there is none. The pieces are told apart on a grid of at most PIECES_GRID cells a side
-    (a speck within a cell of the digit joins it)."""
+    specks, nor pieces at the picture's border where a piece within is heavy enough to be the digit,
+    or None where there is none. The pieces are told apart on a grid of at most PIECES_GRID cells a
+    side (a speck within a cell of the digit joins it)."""
     mask = ink > floor
     if not mask.any():
         return None
     cell = -(-max(mask.shape) // PIECES_GRID)
-    cell_ink = F.avg_pool2d((ink * mask)[None, None], cell, ceil_mode=True, divisor_override=1)[0, 0]
+    masked = (ink * mask)[None, None]
+    cell_ink = F.avg_pool2d(masked, cell, ceil_mode=True, divisor_override=1)[0, 0]
     pieces = ink_pieces(cell_ink > 0)
     mass = torch.zeros(int(pieces.max()) + 1).index_add_(0, pieces.flatten(), cell_ink.flatten())
     mass[0] = 0
     touching = torch.zeros_like(mass, dtype=torch.bool)
     touching[torch.cat([pieces[0], pieces[-1], pieces[:, 0], pieces[:, -1]])] = True
-    if (mass * ~touching).max() >= BORDER_WEIGHT * (mass * touching).max():  # a desk or the paper's edge, not the digit
+    # At the border: a desk or the paper's edge, not the digit, where a piece within is heavy.
+    if (mass * ~touching).max() >= BORDER_WEIGHT * (mass * touching).max():
         mass[touching] = 0
     digit_cells = mass[pieces] >= SPECK_FRACTION * mass.max()
-    digit_pixels = digit_cells.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[: mask.shape[0], : mask.shape[1]]
+    digit_pixels = digit_cells.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+    digit_pixels = digit_pixels[: mask.shape[0], : mask.shape[1]]
     return bounds(mask & digit_pixels)
 
 
 def bounds(mask):
-    """Rows and columns (top, bottom, left, right) around the True pixels of `mask` [H, W] (some)."""
+    """Rows and columns (top, bottom, left, right) around the True pixels of `mask` [H, W] (some).
+    """
     rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def grown_box(ink, box, floor):
-    """`box` grown to the ink brighter than `floor` within RIM pixels of it: a stroke's soft edge."""
+    """`box` grown to the ink brighter than `floor` within RIM pixels of it: a stroke's soft edge.
+    """
     top, bottom, left, right = box
     top, left = max(0, top - RIM), max(0, left - RIM)
-    near_top, near_bottom, near_left, near_right = bounds(ink[top : bottom + RIM, left : right + RIM] > floor)
+    near = ink[top : bottom + RIM, left : right + RIM] > floor
+    near_top, near_bottom, near_left, near_right = bounds(near)
     return top + near_top, top + near_bottom, left + near_left, left + near_right
 
 
@@ -258,8 +277,8 @@ def shrink(gray):
 
 
 def fitted(digit):
-    """`digit` [h, w] in [0, 1], cropped to its ink, as MNIST placed its digits, uint8 [28, 28]: scaled to
-    fit BOX (antialiased), its ink at full brightness, centred by its mass."""
+    """`digit` [h, w] in [0, 1], cropped to its ink, as MNIST placed its digits, uint8 [28, 28]:
+    scaled to fit BOX (antialiased), its ink at full brightness, centred by its mass."""
     digit = scaled(digit, BOX / max(digit.shape)).clamp(min=0)
     return centred(digit / digit.max())
 
@@ -281,15 +300,18 @@ def frame_like_mnist(gray):
 
 def centred(digit):
     """`digit` [h, w] in [0, 1] as uint8, pasted into a black 28x28 image and shifted by whole
-    pixels so that its centre of mass lies at CENTRE (whatever falls outside is cut, as in MNIST)."""
-    # The faintest ink stays 1, not 0, so the digit keeps its 20 pixels: framed again, it is unchanged.
+    pixels so that its centre of mass lies at CENTRE (whatever falls outside is cut, as in MNIST).
+    """
+    # The faintest ink stays 1, not 0, so the digit keeps its 20 pixels: framed again, it is the
+    # same.
     levels = torch.where(digit > 0, (digit * 255).round().clamp(min=1), 0)
     height, width = levels.shape
     mass = levels.sum()
     com_y = (levels.sum(1) * torch.arange(height)).sum() / mass
     com_x = (levels.sum(0) * torch.arange(width)).sum() / mass
     top, left = round(CENTRE - com_y.item()), round(CENTRE - com_x.item())
-    canvas = torch.zeros(IMAGE_SIZE + 2 * BOX, IMAGE_SIZE + 2 * BOX, dtype=torch.uint8)  # room on every side
+    side = IMAGE_SIZE + 2 * BOX  # room on every side
+    canvas = torch.zeros(side, side, dtype=torch.uint8)
     canvas[BOX + top : BOX + top + height, BOX + left : BOX + left + width] = levels.to(torch.uint8)
     return canvas[BOX : BOX + IMAGE_SIZE, BOX : BOX + IMAGE_SIZE].clone()
 
@@ -315,7 +337,8 @@ def picture_paths(paths):
     files = []
     for path in paths:
         if os.path.isdir(path):
-            files += sorted(os.path.join(top, name) for top, _, names in os.walk(path) for name in names)
+            walked = (os.path.join(top, name) for top, _, names in os.walk(path) for name in names)
+            files += sorted(walked)
         elif os.path.exists(path):
             files.append(path)
         else:
@@ -328,8 +351,9 @@ def read_pictures(paths, plain_resize=False, folder=None):
     are not pictures (links to nothing too) are skipped and counted, a picture without ink is
     skipped and named; a file named as a picture that cannot be decoded is a InputError."""
     images, kept, skipped = [], [], []
-    shown = sys.stderr.isatty()
-    for path in tqdm(paths, desc="reading pictures", leave=False, disable=not shown, delay=PROGRESS_DELAY):
+    progress = tqdm(paths, desc="reading pictures", leave=False, disable=not data.progress_shown(),
+                    delay=PROGRESS_DELAY)
+    for path in progress:
         name = os.path.relpath(path, folder) if folder else path
         try:
             if not os.path.isfile(path):  # a link to nothing, a socket, ...
@@ -349,7 +373,8 @@ def read_pictures(paths, plain_resize=False, folder=None):
         data.say(f"{folder or 'the files given'}: skipped {len(skipped)} files that are not images "
                  f"(e.g. {skipped[0]})")
     if not images:
-        raise data.InputError(f"{folder or ' '.join(paths)}: no pictures with ink found (PNG, JPEG, BMP, ...)")
+        where = folder or " ".join(paths)
+        raise data.InputError(f"{where}: no pictures with ink found (PNG, JPEG, BMP, ...)")
     return torch.stack(images), kept
 
 
@@ -380,8 +405,8 @@ def folder_split(root, train, plain_resize=False):
     present = [os.path.isdir(folder) for folder in folders]
     if any(present) and not all(present):
         have, lack = ("train", "test") if present[0] else ("test", "train")
-        raise data.InputError(f"--data-dir {root} has {have}/ but no {lack}/: add {lack}/, or put the class "
-                             f"folders in {root} itself to have a tenth kept for testing")
+        raise data.InputError(f"--data-dir {root} has {have}/ but no {lack}/: add {lack}/, or put"
+                              f" the class folders in {root} itself to keep a tenth for testing")
     if not any(present):
         images, classes = read_folder(root, plain_resize)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
@@ -393,40 +418,110 @@ def folder_split(root, train, plain_resize=False):
     return images, class_labels(classes, both[0][1] + both[1][1])
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="pictures, or folders searched for them")
-    parser.add_argument("--out-dir", required=True, help="where each framed digit goes, as <name>.png")
-    parser.add_argument("--overwrite", action="store_true", help="write over PNGs already in --out-dir")
-    parser.add_argument("--plain-resize", action="store_true", help="resize whole pictures instead of framing")
+def mark(script):
+    """The "Software" text of the PNGs that `script` writes: how a later run knows them."""
+    return f"{MAKER} {script}"
+
+
+def png_bytes(picture, script):
+    """A PIL image as the bytes of a PNG marked as written by `script`."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", mark(script))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def made_by(path, script):
+    """Whether `path` is a PNG that `script` wrote (its "Software" text says so)."""
+    try:
+        with Image.open(path) as picture:
+            return picture.format == "PNG" and picture.info.get("Software") == mark(script)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
+
+
+def check_own(paths, script):
+    """An InputError naming the first of `paths` that exists but was not written by `script`:
+    no script writes over a file it did not make."""
+    for path in paths:
+        if os.path.lexists(path) and not made_by(path, script):
+            raise data.InputError(f"{path} exists and was not written by {script} (its PNGs say so"
+                                  f" in their Software text): move it, or pick another --out-dir")
+
+
+def lies_in(path, folder):
+    """Whether `path` is `folder` or lies inside it."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_out_dir(out_dir, paths, flag="PATH"):
+    """An InputError if `out_dir` is among the pictures that `paths` (given as `flag`) name: a
+    folder named or one in it, or the folder of a file named. They would be read back next time."""
+    for path in paths:
+        if os.path.isdir(path):
+            among = lies_in(out_dir, path)
+        else:
+            among = os.path.realpath(out_dir) == os.path.realpath(os.path.dirname(path) or ".")
+        if among:
+            raise data.InputError(f"--out-dir {out_dir} is among the pictures read ({flag} {path}):"
+                                  f" what is written there would be read as yours; pass another")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog=SCRIPT, description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("paths", nargs="+", metavar="PATH", help="pictures, or folders searched for them")
+    add("--out-dir", required=True, help="where each framed digit goes, as <name>.png")
+    add("--overwrite", action="store_true", help="write over PNGs that pictures.py wrote before")
+    add("--plain-resize", action="store_true", help="resize whole pictures instead of framing")
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    """Write each picture's framed digit to <out-dir>/<name without extension>.png: 28x28, 8-bit grey,
-    light ink on black. Nothing is written over without --overwrite, nor if two names collide."""
-    args = parse_args(argv)
+def main(argv=()):
+    """Frame pictures as `python pictures.py ARGS` does: `argv` is the list of ARGS. Each
+    picture's digit goes to <out-dir>/<its name>.png, 28x28 8-bit grey, light ink on black, marked
+    as pictures.py's. Nothing is written over but what pictures.py wrote, and that only with
+    --overwrite; nothing if two names collide. Returns the exit status: 0 done, 2 a mistake in the
+    flags or files, 4 a file that cannot be written, 128 plus the signal's number when stopped."""
     try:
-        images, paths = read_pictures(picture_paths(args.paths), args.plain_resize)
-        targets = [os.path.join(args.out_dir, os.path.splitext(os.path.basename(path))[0] + ".png") for path in paths]
-        for target, path in zip(targets, paths):
-            if targets.count(target) > 1:
-                raise data.InputError(f"{path} and another picture of the same name would both be {target}: "
-                                      f"rename one")
-            if os.path.exists(target) and not args.overwrite:
-                raise data.InputError(f"{target} exists: pass --overwrite to write over it, or another --out-dir")
-        os.makedirs(args.out_dir, exist_ok=True)
-        for image, path, target in zip(images, paths, targets):
-            Image.fromarray(image.numpy(), mode="L").save(target)
-            data.say(f"{path} -> {target}")
-    except data.InputError as error:
-        return data.fail(error)
-    except OSError as error:
-        return data.fail(f"cannot write into --out-dir {args.out_dir}: {error.strerror or error}")
-    except KeyboardInterrupt:
-        return data.fail("stopped by Ctrl-C", 130)
+        args = parse_args(argv)
+    except SystemExit as exit:  # argparse has printed the usage and the mistake, or the help
+        return exit.code
+    with data.stop_signals():
+        try:
+            check_out_dir(args.out_dir, args.paths)
+            images, paths = read_pictures(picture_paths(args.paths), args.plain_resize)
+            names = [os.path.splitext(os.path.basename(path))[0] + ".png" for path in paths]
+            targets = [os.path.join(args.out_dir, name) for name in names]
+            first = {}
+            for target, path in zip(targets, paths):
+                if target in first:
+                    raise data.InputError(f"{first[target]} and {path} would both be {target}:"
+                                          f" rename one")
+                first[target] = path
+            check_own(targets, SCRIPT)
+            existing = [target for target in targets if os.path.exists(target)]
+            if existing and not args.overwrite:
+                raise data.InputError(f"{existing[0]} exists: pass --overwrite to write over it,"
+                                      f" or another --out-dir")
+            try:
+                os.makedirs(args.out_dir, exist_ok=True)
+            except OSError as error:
+                raise data.CannotWrite(f"cannot make --out-dir {args.out_dir}:"
+                                       f" {error.strerror}") from None
+            for image, path, target in zip(images, paths, targets):
+                data.atomic_write(target, png_bytes(Image.fromarray(image.numpy()), SCRIPT))
+                data.say(f"{path} -> {target}")
+        except data.InputError as error:
+            return data.fail(error)
+        except data.CannotWrite as error:
+            return data.fail(error, data.EXIT_CANNOT_WRITE)
+        except data.Interrupted as stop:
+            return data.fail(f"stopped by {data.stop_name(stop.args[0])}", 128 + stop.args[0])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -38,8 +38,13 @@ def image_folder(tmp_path_factory):
         folder = root / split / ("even" if label % 2 == 0 else "odd")
         folder.mkdir(parents=True, exist_ok=True)
         extension = "jpg" if index % 3 == 0 else "png"
-        save_picture(folder / f"{index}.{extension}", digit, SIZES[index % 3], dark_on_light=index % 4 == 0,
-                     mode="RGB" if index % 5 == 0 else "L")
+        save_picture(
+            folder / f"{index}.{extension}",
+            digit,
+            SIZES[index % 3],
+            dark_on_light=index % 4 == 0,
+            mode="RGB" if index % 5 == 0 else "L",
+        )
     (root / "train" / "notes.txt").write_text("not a picture")
     return str(root)
 
@@ -54,7 +59,10 @@ def test_a_folder_loads_like_mnist(image_folder):
 
 def centre_of_mass(image):
     image = image.double()
-    rows, cols = torch.arange(image.shape[0], dtype=torch.float64), torch.arange(image.shape[1], dtype=torch.float64)
+    rows, cols = (
+        torch.arange(image.shape[0], dtype=torch.float64),
+        torch.arange(image.shape[1], dtype=torch.float64),
+    )
     return (image.sum(1) @ rows / image.sum()).item(), (image.sum(0) @ cols / image.sum()).item()
 
 
@@ -73,7 +81,9 @@ def photographed(digit, seed=0):
     page[30:170, 220:360] *= 1 - 0.8 * large  # the ink darkens the paper it is on
     page += 0.03 * torch.randn(page.shape, generator=generator)
     buffer = io.BytesIO()
-    Image.fromarray((page.clamp(0, 1) * 255).round().byte().numpy(), mode="L").save(buffer, "JPEG", quality=80)
+    Image.fromarray((page.clamp(0, 1) * 255).round().byte().numpy(), mode="L").save(
+        buffer, "JPEG", quality=80
+    )
     return buffer.getvalue()
 
 
@@ -85,8 +95,12 @@ def test_an_off_centre_digit_on_an_unevenly_lit_photo_is_framed_as_mnist(tmp_pat
     com_y, com_x = centre_of_mass(framed)
     assert abs(com_y - pictures.CENTRE) <= 1 and abs(com_x - pictures.CENTRE) <= 1
     height, width = ink_box(framed)
-    assert max(height, width) <= 20 and max(height, width) >= 19  # scaled to fit the box, not shrunk by noise
-    assert framed.max() == 255 and (framed > 0).float().mean() < 0.35  # ink at full brightness, paper black
+    assert (
+        max(height, width) <= 20 and max(height, width) >= 19
+    )  # scaled to fit the box, not shrunk by noise
+    assert (
+        framed.max() == 255 and (framed > 0).float().mean() < 0.35
+    )  # ink at full brightness, paper black
     # The same digit framed from a clean picture of it: the photo's framing finds the same digit.
     clean = pictures.frame_like_mnist(digit)
     assert (framed.float() - clean.float()).pow(2).mean().sqrt() < 40
@@ -109,12 +123,17 @@ def test_a_digit_framed_as_mnist_comes_through_unchanged():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="set MNIST_DATA_DIR to the folder holding MNIST/raw/")
+@pytest.mark.skipif(
+    not os.environ.get("MNIST_DATA_DIR"),
+    reason="set MNIST_DATA_DIR to the folder holding MNIST/raw/",
+)
 def test_mnist_digits_come_through_framing_unchanged_or_within_a_few_grey_levels():
     images = data.load_split(os.environ["MNIST_DATA_DIR"], train=False)[0][:500]
     framed = torch.stack([pictures.frame_like_mnist(image) for image in images])
     unchanged = (framed == images).flatten(1).all(1)
-    assert unchanged.float().mean() > 0.85  # the rest have a faint peak, which framing brings to 255
+    assert (
+        unchanged.float().mean() > 0.85
+    )  # the rest have a faint peak, which framing brings to 255
     assert ((framed > 0) == (images > 0)).flatten(1).all(1).float().mean() > 0.99
 
 
@@ -154,14 +173,28 @@ def test_train_evaluate_and_visualize_on_a_folder(image_folder, tmp_path, capsys
     assert train.main([*common, "--out-dir", out_dir, "--epochs", "1", "--batch-size", "16"]) == 0
     assert "skipped 1 files that are not images (e.g. notes.txt)" in capsys.readouterr().out
     checkpoint = os.path.join(out_dir, "best.pt")
-    assert evaluate.main([checkpoint, "--dataset", "images", "--data-dir", image_folder, "--device", "cpu"]) == 0
+    assert (
+        evaluate.main(
+            [checkpoint, "--dataset", "images", "--data-dir", image_folder, "--device", "cpu"]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     names = [line.split("=")[0] for line in lines if "=" in line]
-    assert names == ["test_psnr", "test_mse_sum", "warped_test_mse", "knn_accuracy", "test_mse_class_0",
-                     "test_mse_class_1", "test_mse"]
+    assert names == [
+        "test_psnr",
+        "test_mse_sum",
+        "warped_test_mse",
+        "knn_accuracy",
+        "test_mse_class_0",
+        "test_mse_class_1",
+        "test_mse",
+    ]
     drawn = str(tmp_path / "drawn")
     assert visualize.main(["--checkpoint", checkpoint, *common, "--out-dir", drawn]) == 0
-    assert {"reconstructions.png", "latent_pca.png", "per_digit_error.png", "curves.png"} <= set(os.listdir(drawn))
+    assert {"reconstructions.png", "latent_pca.png", "per_digit_error.png", "curves.png"} <= set(
+        os.listdir(drawn)
+    )
 
 
 def test_without_labels_the_class_metrics_are_skipped_with_a_message(tmp_path, capsys):
@@ -187,19 +220,25 @@ def damaged_folder(root, case):
     for index, digit in enumerate(digits):
         save_picture(root / f"{index}.png", digit, (28, 28))
     content = (root / "7.png").read_bytes()
-    damaged = {"truncated": content[: len(content) // 2], "empty": b"",
-               "corrupt": content[:8] + bytes(reversed(content[8:]))}[case]
+    damaged = {
+        "truncated": content[: len(content) // 2],
+        "empty": b"",
+        "corrupt": content[:8] + bytes(reversed(content[8:])),
+    }[case]
     (root / "7.png").write_bytes(damaged)
 
 
-@pytest.mark.parametrize("case, words", [
-    ("missing", ["nowhere", "no such folder"]),
-    ("no pictures", ["no pictures"]),
-    ("truncated", ["7.png", "cannot read"]),
-    ("empty", ["7.png", "cannot read"]),
-    ("corrupt", ["7.png", "cannot read"]),
-    ("too few", ["fewer than one batch", "--batch-size"]),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("missing", ["nowhere", "no such folder"]),
+        ("no pictures", ["no pictures"]),
+        ("truncated", ["7.png", "cannot read"]),
+        ("empty", ["7.png", "cannot read"]),
+        ("corrupt", ["7.png", "cannot read"]),
+        ("too few", ["fewer than one batch", "--batch-size"]),
+    ],
+)
 def test_bad_folders_end_with_one_line_and_status_2(case, words, tmp_path, capsys):
     folder = tmp_path / ("nowhere" if case == "missing" else "pictures")
     if case == "no pictures":
@@ -213,12 +252,31 @@ def test_bad_folders_end_with_one_line_and_status_2(case, words, tmp_path, capsy
         for index, digit in enumerate(synthetic_digits(20, seed=9)[0]):
             save_picture(folder / f"{index}.png", digit, (28, 28))
     out_dir = tmp_path / "run"
-    assert train.main(["--dataset", "images", "--data-dir", str(folder), "--out-dir", str(out_dir), "--epochs", "1",
-                       "--device", "cpu"]) == 2
+    assert (
+        train.main(
+            [
+                "--dataset",
+                "images",
+                "--data-dir",
+                str(folder),
+                "--out-dir",
+                str(out_dir),
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     [line] = capsys.readouterr().err.strip().splitlines()
     for word in words:
         assert word in line, line
-    assert not [name for name in os.listdir(out_dir) if name != ".lock"] if os.path.exists(out_dir) else True
+    assert (
+        not [name for name in os.listdir(out_dir) if name != ".lock"]
+        if os.path.exists(out_dir)
+        else True
+    )
 
 
 @pytest.fixture
@@ -232,7 +290,9 @@ def loose_photos(tmp_path):
         paths.append(str(path))
     (tmp_path / "more").mkdir()
     for index in (3, 4):
-        save_picture(tmp_path / "more" / f"drawn{index}.png", digits[index], (90, 70), dark_on_light=True)
+        save_picture(
+            tmp_path / "more" / f"drawn{index}.png", digits[index], (90, 70), dark_on_light=True
+        )
     (tmp_path / "more" / "notes.txt").write_text("not a picture")
     return [*paths, str(tmp_path / "more")]
 
@@ -245,23 +305,44 @@ def test_evaluate_prints_the_mse_of_each_loose_picture(trained_run, loose_photos
     names = [os.path.basename(row.split(" mse=")[0]) for row in rows]
     assert names == ["photo0.jpg", "photo1.jpg", "photo2.jpg", "drawn3.png", "drawn4.png"]
     errors = [float(row.split(" mse=")[1]) for row in rows]
-    # Each value is printed rounded to 7 decimals: the mean of the rounded ones may differ in the last.
+    # Each value is printed rounded to 7 decimals: the mean of the rounded ones may differ in the
+    # last.
     assert lines[-1].startswith("test_mse=") and all(error > 0 for error in errors)
     assert float(lines[-1].split("=")[1]) == pytest.approx(np.mean(errors), abs=1.01e-7)
     assert any("skipped 1 files that are not images (e.g. " in line for line in lines)
 
 
-def test_visualize_draws_each_loose_picture_above_its_reconstruction(trained_run, loose_photos, tmp_path):
+def test_visualize_draws_each_loose_picture_above_its_reconstruction(
+    trained_run, loose_photos, tmp_path
+):
     out_dir = str(tmp_path / "drawn")
-    assert visualize.main(["--checkpoint", os.path.join(trained_run, "best.pt"), "--images", *loose_photos,
-                           "--device", "cpu", "--out-dir", out_dir]) == 0
+    assert (
+        visualize.main(
+            [
+                "--checkpoint",
+                os.path.join(trained_run, "best.pt"),
+                "--images",
+                *loose_photos,
+                "--device",
+                "cpu",
+                "--out-dir",
+                out_dir,
+            ]
+        )
+        == 0
+    )
     assert os.listdir(out_dir) == ["pictures.png"]
     picture = np.asarray(Image.open(os.path.join(out_dir, "pictures.png")).convert("L"))
     assert picture.shape == (2 * 30 + 2, 5 * 30 + 2)
 
 
 def test_a_missing_loose_picture_ends_with_one_line(trained_run, tmp_path, capsys):
-    assert evaluate.main([os.path.join(trained_run, "best.pt"), "--images", str(tmp_path / "nowhere.jpg")]) == 2
+    assert (
+        evaluate.main(
+            [os.path.join(trained_run, "best.pt"), "--images", str(tmp_path / "nowhere.jpg")]
+        )
+        == 2
+    )
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "nowhere.jpg" in line
 
@@ -270,22 +351,29 @@ def framing_error(framed, reference):
     """The least MSE (pixels in [0, 1]) between two framings over shifts of up to one pixel, as
     results/own-digits/measure.py measures framing."""
     padded = F.pad(framed.float()[None] / 255, (1, 1, 1, 1))[0]
-    return min(((padded[1 + dy : 29 + dy, 1 + dx : 29 + dx] - reference.float() / 255) ** 2).mean().item()
-               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    return min(
+        ((padded[1 + dy : 29 + dy, 1 + dx : 29 + dx] - reference.float() / 255) ** 2).mean().item()
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
 
 
 def on_paper(digit, lines_every=0, grid=False, margin=False, desk=0, tilt=0.0, shadow=False):
-    """`digit` as dark pen on paper, photographed as 240x200: ruled lines every `lines_every` pixels (and
-    across them on `grid` paper), a red margin, a desk `desk` pixels wide along the left and top, the page
-    tilted by `tilt` degrees, its lower right half in a shadow half as light."""
-    page = torch.full((3, 480, 400), 0.95)  # its middle is photographed, so the lines run on beyond it
+    """`digit` as dark pen on paper, photographed as 240x200: ruled lines every `lines_every` pixels
+    (and across them on `grid` paper), a red margin, a desk `desk` pixels wide along the left and
+    top, the page tilted by `tilt` degrees, its lower right half in a shadow half as light."""
+    page = torch.full(
+        (3, 480, 400), 0.95
+    )  # its middle is photographed, so the lines run on beyond it
     if lines_every:
         page[:, lines_every // 2 :: lines_every] = torch.tensor([0.6, 0.7, 0.9])[:, None, None]
     if grid:
         page[:, :, lines_every // 2 :: lines_every] = torch.tensor([0.6, 0.7, 0.9])[:, None, None]
     if margin:
         page[:, :, 120:123] = torch.tensor([0.85, 0.3, 0.3])[:, None, None]
-    ink = F.interpolate(digit[None, None].float() / 255, size=(96, 96), mode="bicubic")[0, 0].clamp(0, 1)
+    ink = F.interpolate(digit[None, None].float() / 255, size=(96, 96), mode="bicubic")[0, 0].clamp(
+        0, 1
+    )
     page[:, 190:286, 160:256] *= 1 - 0.9 * ink
     page = TF.rotate(page, tilt)[:, 120:360, 100:300]
     if shadow:
@@ -296,16 +384,32 @@ def on_paper(digit, lines_every=0, grid=False, margin=False, desk=0, tilt=0.0, s
     return Image.fromarray((page.permute(1, 2, 0) * 255).round().byte().numpy(), "RGB")
 
 
-@pytest.mark.parametrize("paper", [{"lines_every": 24, "margin": True}, {"desk": 30}, {"desk": 30, "tilt": 4},
-                                   {"lines_every": 20, "grid": True, "tilt": 5}, {"shadow": True}])
-def test_digits_on_ruled_or_squared_paper_a_desk_or_in_a_shadow_are_framed_as_the_clean_digit(paper, tmp_path):
+@pytest.mark.parametrize(
+    "paper",
+    [
+        {"lines_every": 24, "margin": True},
+        {"desk": 30},
+        {"desk": 30, "tilt": 4},
+        {"lines_every": 20, "grid": True, "tilt": 5},
+        {"shadow": True},
+    ],
+)
+def test_digits_on_ruled_or_squared_paper_a_desk_or_in_a_shadow_are_framed_as_the_clean_digit(
+    paper, tmp_path
+):
     digits = synthetic_digits(6, seed=13)[0]
     errors = []
     for index, digit in enumerate(digits):
         on_paper(digit, **paper).save(tmp_path / f"{index}.png")
-        clean = F.interpolate(digit[None, None].float(), size=(96, 96), mode="bicubic")[0, 0].clamp(0, 255)
-        errors.append(framing_error(pictures.read_picture(str(tmp_path / f"{index}.png")),
-                                    pictures.frame_like_mnist(clean.round().byte())))
+        clean = F.interpolate(digit[None, None].float(), size=(96, 96), mode="bicubic")[0, 0].clamp(
+            0, 255
+        )
+        errors.append(
+            framing_error(
+                pictures.read_picture(str(tmp_path / f"{index}.png")),
+                pictures.frame_like_mnist(clean.round().byte()),
+            )
+        )
     assert max(errors) < 0.02, errors
 
 
@@ -319,11 +423,16 @@ def test_pictures_py_writes_each_framed_digit_for_any_mnist_model(tmp_path, caps
     out_dir = tmp_path / "framed"
     assert pictures.main([str(folder), "--out-dir", str(out_dir)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len([line for line in lines if " -> " in line]) == 3 and any("skipped 1 files" in line for line in lines)
+    assert len([line for line in lines if " -> " in line]) == 3 and any(
+        "skipped 1 files" in line for line in lines
+    )
     for index in range(3):
         written = Image.open(out_dir / f"d{index}.png")
         assert written.size == (28, 28) and written.mode == "L"
-        assert torch.equal(torch.from_numpy(np.array(written)), pictures.read_picture(str(folder / f"d{index}.jpg")))
+        assert torch.equal(
+            torch.from_numpy(np.array(written)),
+            pictures.read_picture(str(folder / f"d{index}.jpg")),
+        )
     before = (out_dir / "d0.png").read_bytes()
     assert pictures.main([str(folder), "--out-dir", str(out_dir)]) == 2
     assert "--overwrite" in capsys.readouterr().err and (out_dir / "d0.png").read_bytes() == before

@@ -26,7 +26,9 @@ def test_orthogonalize_is_the_textbook_iteration(shape):
     expected = textbook_newton_schulz(matrix)
     torch.testing.assert_close(muon.orthogonalize(matrix).double(), expected, rtol=0, atol=2e-5)
     singular_values = torch.linalg.svdvals(expected)
-    assert singular_values.min() > 0.5 and singular_values.max() < 1.3  # about orthogonal, as Muon wants
+    assert (
+        singular_values.min() > 0.5 and singular_values.max() < 1.3
+    )  # about orthogonal, as Muon wants
 
 
 def stepped(optimizer_class, shapes, steps=3, **options):

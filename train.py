@@ -1,5 +1,5 @@
-"""Train the MNIST autoencoder: stage 1 from scratch on plain digits, stage 2 fine-tunes a stage-1
-model on warped digits (random perspective and rotation).
+"""Train the MNIST autoencoder: stage 1 from scratch on plain digits, then stage 2 fine-tunes it
+on warped digits (random perspective and rotation). In a notebook: train.main(["--stage", "1"]).
 
     python train.py --stage 1 --epochs 80
     python train.py --stage 2 --resume best.pt
@@ -12,11 +12,11 @@ improved. A stage ends early once ReduceLROnPlateau has brought the lr below --m
 import argparse
 import contextlib
 import copy
+import dataclasses
 import io
 import math
 import os
 import shlex
-import signal
 import sys
 import time
 
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from data import InputError, say
-from model import AutoEncoder, CheckpointError, load_checkpoint
+from data import CannotWrite, InputError, atomic_write, say
+from model import AutoEncoder, CheckpointError, load_checkpoint, per_image_mse
 from muon import Muon
 
 try:
@@ -35,235 +35,146 @@ try:
 except ImportError:  # Windows: no advisory locks, so no guard against two runs in one folder
     fcntl = None
 
-STAGE_LR = {1: 0.02, 2: 1e-3}  # these settings were chosen by the runs in results/experiments
+# Chosen by the runs in results/experiments.
+STAGE_LR = {1: 0.02, 2: 1e-3}
 MUON_MOMENTUM = 0.95
 PLATEAU = {"factor": 0.5, "patience": 1, "threshold": 1e-3}  # ReduceLROnPlateau on the test MSE
-ADAMW_LAYERS = ("encoder.0.0", "decoder.4.1")  # the 1->16 and 16->1 convolutions learn better on AdamW
-EVAL_BATCH_SIZE = 200
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-EXIT_NON_FINITE, EXIT_CANNOT_WRITE = 3, 4  # and data.EXIT_USAGE, 2, for bad flags or files
+ADAMW_LAYERS = ("encoder.0.0", "decoder.4.1")  # the 1->16 and 16->1 convolutions do better there
+AVERAGE_WARMUP = 10  # steps: early in stage 1, the weight average follows the model
+EVAL_CHUNK = 1000  # test images evaluated between two looks for a stop signal
+EXIT_NON_FINITE = 3  # besides data's EXIT_USAGE and EXIT_CANNOT_WRITE
 RUN_FILES = ["best.pt", "last.pt", "history.csv"]
-LIMITS = [("epochs", 1, math.inf), ("lr", 1e-12, math.inf), ("min_lr", 0, math.inf), ("batch_size", 1, math.inf),
-          ("weight_decay", 0, math.inf), ("ema_decay", 0, 1), ("seed", 0, 2**64), ("subset", 1, math.inf)]
 HISTORY_FIELDS = ["stage", "epoch", "train_loss", "test_loss", "lr", "seconds"]
 # Flags whose change makes a continued run differ from an uninterrupted one.
-TRAINING_FLAGS = ["batch_size", "lr", "weight_decay", "ema_decay", "precision", "dataset", "plain_resize", "subset"]
-
+TRAINING_FLAGS = ["batch_size", "lr", "weight_decay", "ema_decay", "precision", "dataset",
+                  "plain_resize", "subset"]
+# (flag, lowest, above the highest) of the numbers a run accepts
+LIMITS = [("epochs", 1, math.inf), ("lr", 1e-12, math.inf), ("min_lr", 0, math.inf),
+          ("batch_size", 1, math.inf), ("weight_decay", 0, math.inf), ("ema_decay", 0, 1),
+          ("seed", 0, 2**64), ("subset", 1, math.inf)]
 
 class NonFiniteLoss(Exception):
     """The loss became inf or NaN; the message names the batch."""
 
+# === The flags ===================================================================================
 
-class CannotWrite(Exception):
-    """A run file could not be written; the message names it and the reason."""
-
-
-class Stopped(Exception):
-    """Ctrl-C or SIGTERM arrived; the run stopped between batches."""
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--stage", type=int, choices=[1, 2], default=1, help="2: fine-tune on warped digits, needs --resume")
+    add("--stage", type=int, choices=[1, 2], default=1, help="2: fine-tune on warped digits")
     add("--epochs", type=int, default=80, help="epochs of this stage at most (default: 80)")
-    add("--lr", type=float, help="learning rate of every parameter (default: 0.02, stage 2: 0.001)")
-    add("--min-lr", type=float, default=1e-5, help="end the stage once the lr falls below this; 0 runs every epoch "
-        "(default: 1e-5)")
+    add("--lr", type=float, help="of every parameter (default: 0.02, stage 2: 0.001)")
+    add("--min-lr", type=float, default=1e-5, help="end the stage below it; 0: never (1e-5)")
     add("--batch-size", type=int, default=64, help="(default: 64)")
     add("--weight-decay", type=float, default=0.01, help="of the kernels (default: 0.01)")
-    add("--ema-decay", type=float, default=0.999, help="moving average of the weights, evaluated and saved; 0 turns "
-        "it off (default: 0.999)")
-    add("--resume", metavar="PATH", help="checkpoint to continue (same stage) or to start stage 2 from")
+    add("--ema-decay", type=float, default=0.999, help="of the weights' average; 0: off (0.999)")
+    add("--resume", metavar="PATH", help="checkpoint to continue (same stage), or to start from")
     data.add_arguments(parser)
     add("--out-dir", default=".", help="where checkpoints and history.csv go (default: .)")
-    add("--overwrite", action="store_true", help="start a new run in an --out-dir that holds another one")
+    add("--overwrite", action="store_true", help="replace another run in --out-dir")
     add("--seed", type=int, default=1, help="weights, shuffling and warps (default: 1)")
     add("--subset", type=int, help="use only the first N training and test images")
-    add("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="training arithmetic; auto: bf16 "
-        "where the device computes it natively, else fp32; evaluation is fp32")
+    add("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+        help="training arithmetic; auto: bf16 where the device computes it natively")
     args = parser.parse_args(argv)
-    args.lr = STAGE_LR[args.stage] if args.lr is None else args.lr
+    if args.lr is None:
+        args.lr = STAGE_LR[args.stage]
     for name, low, high in LIMITS:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and low <= value < high):
-            parser.error(f"argument --{name.replace('_', '-')}: must be in [{low:g}, {high:g}), got {value}")
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"argument {flag}: must be in [{low:g}, {high:g}), got {value}")
     if args.lr < args.min_lr:
-        parser.error(f"--lr {args.lr:g} is below --min-lr {args.min_lr:g}: raise --lr or lower --min-lr")
+        parser.error(f"--lr {args.lr:g} is below --min-lr {args.min_lr:g}")
     if args.stage == 2 and not args.resume:
         parser.error("--stage 2 fine-tunes a trained model: pass --resume best.pt from stage 1")
     return args
 
+# === The model's optimizers and arithmetic =======================================================
 
-def lock_out_dir(folder):
-    """An OS lock on <folder>/.lock for this process's life: a second run into the folder stops at once."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        lock = open(os.path.join(folder, ".lock"), "a+")
-        if fcntl:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        raise InputError(f"--out-dir {folder} is in use by another train.py run (pid {lock.read().strip()}); wait "
-                         f"for it or pick another --out-dir") from None
-    except OSError as error:
-        raise InputError(f"--out-dir {folder}: cannot write there ({error.strerror or error})") from None
-    lock.truncate(0)
-    lock.write(str(os.getpid()))
-    lock.flush()
-    return lock
+def make_optimizers(model, args):
+    """Muon for the kernels but ADAMW_LAYERS', AdamW for the rest; weight decay on kernels only."""
+    convolutions = [(name, module) for name, module in model.named_modules()
+                    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))]
+    on_muon = [module for name, module in convolutions if name not in ADAMW_LAYERS]
+    muon_groups = [
+        {"params": [m.weight for m in on_muon if type(m) is nn.Conv2d], "out_dim": 0},
+        {"params": [m.weight for m in on_muon if type(m) is nn.ConvTranspose2d], "out_dim": 1},
+    ]
+    kernels = [module.weight for name, module in convolutions if name in ADAMW_LAYERS]
+    vectors = [p for p in model.parameters() if p.dim() == 1]  # biases and BatchNorm's scales
+    adamw_groups = [{"params": kernels, "weight_decay": args.weight_decay},
+                    {"params": vectors, "weight_decay": 0.0}]
+    muon = Muon(muon_groups, args.lr, MUON_MOMENTUM, args.weight_decay)
+    return [muon, torch.optim.AdamW(adamw_groups, lr=args.lr)]
 
-
-def atomic_write(path, content):
-    """Write bytes to a temp file beside `path`, flushed to disk, then moved over `path` in one step:
-    a crash or a full disk leaves the previous file whole."""
-    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise CannotWrite(f"cannot write {path}: {error.strerror or error}") from None
-
-
-def claim_out_dir(args, checkpoint):
-    """Refuse a run that would write over the run in --out-dir: only the same stage resumed from its last.pt
-    continues it, stage 2 from its stage-1 files keeps them as stage1_*.pt; anything else needs --overwrite."""
-    out = os.path.join(args.out_dir, "")
-    present = [name for name in RUN_FILES if os.path.exists(out + name)]
-    resume = os.path.abspath(args.resume or "")
-    inside = bool(args.resume) and os.path.dirname(resume) == os.path.abspath(args.out_dir)
-    if not present or args.overwrite or inside and resume.endswith(f"{os.sep}last.pt") and continues(checkpoint, args):
-        return
-    last_stage = load_checkpoint(out + "last.pt")[1].get("stage", 1) if os.path.exists(out + "last.pt") else 1
-    if inside and args.stage == 2 and checkpoint.get("stage", 1) == 1 and last_stage == 1:
-        for name in ("best.pt", "last.pt"):
-            if os.path.exists(out + name):
-                with open(out + name, "rb") as file:
-                    atomic_write(f"{out}stage1_{name}", file.read())
-        return say(f"kept stage 1's files in {args.out_dir} as stage1_best.pt and stage1_last.pt")
-    raise InputError(f"--out-dir {args.out_dir} holds a run ({', '.join(present)}) that this one would write over: "
-                     f"continue it with --resume {out}last.pt{' --stage 2' if last_stage == 2 else ''}, replace it "
-                     f"with --overwrite, or pick another --out-dir")
-
+def set_lr(optimizers, lr):
+    for group in [group for optimizer in optimizers for group in optimizer.param_groups]:
+        group["lr"] = lr
 
 def bf16_autocast(precision, device):
-    """--precision auto: bf16 only where the device computes it in hardware (CUDA compute capability 8.0+,
-    not a T4; CPUs with AMX or AVX512-BF16); elsewhere it is emulated and slower. MPS trains in fp32."""
-    if precision != "auto" or device.type != "cpu":
-        native = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
-        return precision == "bf16" or precision == "auto" and native
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as file:  # Linux; elsewhere fp32
-        return bool(set(file.read().split()) & {"amx_bf16", "avx512_bf16"})
+    """--precision auto: bf16 where the device computes it in hardware (CUDA capability 8.0 and
+    later, not a T4; CPUs with AMX or AVX512-BF16), fp32 where it would be emulated, and on MPS."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        with contextlib.suppress(OSError), open("/proc/cpuinfo") as file:  # Linux only
+            return bool(set(file.read().split()) & {"amx_bf16", "avx512_bf16"})
     return False
 
+@dataclasses.dataclass
+class Run:
+    """What training changes. All but `stop` goes into each checkpoint, for an exact resume."""
+    model: nn.Module  # the weights being trained
+    average: nn.Module  # their moving average, evaluated and saved (the model with --ema-decay 0)
+    optimizers: list  # Muon for the inner kernels, then AdamW for the rest
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau  # on the first optimizer's lr
+    generator: torch.Generator  # on the CPU: the same batches and warps on every device
+    bf16: bool  # train in bf16 autocast; evaluation is always fp32
+    history: list = dataclasses.field(default_factory=list)  # a dict an epoch, both stages
+    best_loss: float = math.inf  # the lowest test MSE of this stage so far
+    stop: list = dataclasses.field(default_factory=list)  # stop signals noted while training
+
+def new_run(args, model, device):
+    optimizers = make_optimizers(model, args)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizers[0], **PLATEAU)
+    average = copy.deepcopy(model) if args.ema_decay else model
+    generator = torch.Generator().manual_seed(args.seed)
+    bf16 = bf16_autocast(args.precision, device)
+    return Run(model, average, optimizers, scheduler, generator, bf16)
+
+# === One epoch ===================================================================================
 
 @torch.no_grad()
 def update_average(pairs, decay):
-    """Move each weight and BatchNorm statistic of the average towards the model's by 1 - decay: `pairs`
-    of their state_dict tensors, which share the modules' storage."""
+    """Move each weight and BatchNorm statistic of the average towards the model's by 1 - decay:
+    `pairs` of their state_dict tensors, which share the modules' storage."""
     for mine, theirs in pairs:
         if mine.is_floating_point():
             mine.lerp_(theirs, 1 - decay)
         else:  # BatchNorm's count of batches
             mine.copy_(theirs)
 
-
-def make_optimizers(model, args):
-    """Muon for the kernels but ADAMW_LAYERS', AdamW for the rest; weight decay on the kernels only."""
-    layers = [m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
-              and name not in ADAMW_LAYERS]
-    kernels = [p for p in model.parameters() if p.dim() > 1 and all(p is not m.weight for m in layers)]
-    adamw = torch.optim.AdamW([{"params": kernels, "weight_decay": args.weight_decay}, {"params": [
-        p for p in model.parameters() if p.dim() == 1], "weight_decay": 0.0}], lr=args.lr)
-    groups = [{"params": [m.weight for m in layers if type(m) is kind], "out_dim": out_dim}
-              for kind, out_dim in ((nn.Conv2d, 0), (nn.ConvTranspose2d, 1))]
-    return [Muon(groups, args.lr, MUON_MOMENTUM, args.weight_decay), adamw]
-
-
-def set_lr(optimizers, lr):
-    for group in (group for optimizer in optimizers for group in optimizer.param_groups):
-        group["lr"] = lr
-
-
-def new_run(args, model, device):
-    """What training changes, all of it in the checkpoint; the weight average is evaluated and saved."""
-    run = argparse.Namespace(model=model, optimizers=make_optimizers(model, args), best_loss=math.inf, stop=[])
-    # One rule sets every lr: this scheduler's, on the first optimizer, which the others follow.
-    run.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(run.optimizers[0], **PLATEAU)
-    run.generator = torch.Generator().manual_seed(args.seed)  # on the CPU: the same batches and warps everywhere
-    run.average = copy.deepcopy(model) if args.ema_decay else model
-    run.pairs = list(zip(run.average.state_dict().values(), model.state_dict().values()))  # once, off the hot path
-    run.bf16 = bf16_autocast(args.precision, device)
-    return run
-
-
-def continues(checkpoint, args):
-    return checkpoint.get("stage", 1) == args.stage and "train_model_state_dict" in checkpoint
-
-
-def start(run, args, checkpoint):
-    """Load --resume into `run`: all of it to continue the same stage, the weights (and the earlier stage's
-    history) to start a stage from. Returns the first epoch to train."""
-    run.history = [row for row in checkpoint.get("history", []) if int(row["stage"]) < args.stage]
-    if not continues(checkpoint, args):
-        if checkpoint:
-            say(f"stage {args.stage}: starting from the weights of {args.resume}, fresh optimizer, lr {args.lr:g}")
-        return 1
-    try:
-        run.model.load_state_dict(checkpoint["train_model_state_dict"])
-        for optimizer, state in zip(run.optimizers, checkpoint["optimizer_state_dicts"]):
-            optimizer.load_state_dict(state)
-        run.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-        run.generator.set_state(checkpoint["generator_state"].cpu())
-        run.best_loss, run.history, start_epoch = checkpoint["best_loss"], checkpoint["history"], checkpoint["epoch"]
-    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as error:  # an earlier layout, say
-        raise InputError(f"{args.resume}: this train.py cannot continue it ({type(error).__name__} {str(error)[:80]}); "
-                         f"--stage 2 starts from its weights") from None
-    before = checkpoint.get("args", {})
-    changed = [name for name in TRAINING_FLAGS if name in before and before[name] != getattr(args, name)]
-    if changed:  # the saved optimizer state would keep the old lr and decay
-        say(f"warning: continuing {args.resume} with changed " + ", ".join(f"--{name.replace('_', '-')} (was "
-            f"{before[name]})" for name in changed) + "; this is not the run an uninterrupted one would give",
-            file=sys.stderr)
-        set_lr(run.optimizers, run.optimizers[0].param_groups[0]["lr"] * args.lr / before.get("lr", args.lr))
-        for group in (g for optimizer in run.optimizers for g in optimizer.param_groups if g["weight_decay"]):
-            group["weight_decay"] = args.weight_decay
-    say(f"continuing stage {args.stage} from epoch {start_epoch} of {args.resume}")
-    return start_epoch + 1
-
-
-def check_finite(values, what):
-    """Raise NonFiniteLoss naming the first inf or NaN of `values`, counted from 1."""
-    if not torch.isfinite(values).all():
-        raise NonFiniteLoss(f"{what} {int((~torch.isfinite(values)).nonzero()[0]) + 1}")
-
-
-def per_image_mse(model, images):
-    """Mean squared error of each image's reconstruction, float64 [N] on the CPU (fp32 on every device)."""
-    model.eval()
-    with torch.inference_mode():
-        errors = [(model(x)[0] - x).pow(2).mean(dim=(1, 2, 3)) for x in data.batches(images, EVAL_BATCH_SIZE)]
-    return torch.cat(errors).cpu().double()
-
-
 def train_epoch(run, images, args, epoch):
-    """One pass over `images` in a shuffled order; returns the mean training loss. The losses stay on
-    the device until the epoch's end (reading one back would make the CPU wait for a GPU)."""
+    """One pass over `images` in a shuffled order; returns the mean training loss."""
     run.model.train()
+    pairs = list(zip(run.average.state_dict().values(), run.model.state_dict().values()))
     num_batches = math.ceil(len(images) / args.batch_size)
-    losses, shown = torch.zeros(num_batches, device=images.device), sys.stderr.isatty()
-    progress = tqdm(data.batches(images, args.batch_size, run.generator), total=num_batches, leave=False,
-                    desc=f"stage {args.stage} epoch {epoch}/{args.epochs}", dynamic_ncols=True, disable=not shown)
+    # On the device until the epoch's end: reading each loss back would make the CPU wait for a GPU.
+    losses = torch.zeros(num_batches, device=images.device)
+    progress = tqdm(data.batches(images, args.batch_size, run.generator), total=num_batches,
+                    desc=f"stage {args.stage} epoch {epoch}/{args.epochs}", leave=False,
+                    disable=not data.progress_shown())
     for index, batch in enumerate(progress):
         if args.stage == 2:
             batch = data.augment(batch, run.generator)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=run.bf16):
-            loss = F.mse_loss(run.model(batch)[0].float(), batch)
+            reconstruction = run.model(batch)[0]
+        # The loss in fp32, as evaluation takes it: in bf16 the mean of 50,000 squared errors
+        # would keep only 3 significant digits.
+        loss = F.mse_loss(reconstruction.float(), batch)
         for optimizer in run.optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -271,106 +182,246 @@ def train_epoch(run, images, args, epoch):
             optimizer.step()
         if run.average is not run.model:
             step = (epoch - 1) * num_batches + index
-            warmup = (1 + step) / (10 + step) if args.stage == 1 else 1  # from random weights: forget them soon
-            update_average(run.pairs, min(args.ema_decay, warmup))
+            # From random weights, an average over 1,000 steps would still hold them 1,000 steps
+            # on: in stage 1 it forgets them within a few steps, and reaches its decay later.
+            warmup = (1 + step) / (AVERAGE_WARMUP + step) if args.stage == 1 else 1
+            update_average(pairs, min(args.ema_decay, warmup))
         losses[index] = loss.detach()
-        if run.stop:
-            raise Stopped()
+        if run.stop:  # a stop signal was noted: the run stops between batches
+            raise data.Interrupted(run.stop[0])
     check_finite(losses, "training batch")
     return losses.mean().item()
 
+def check_finite(values, what):
+    """Raise NonFiniteLoss naming the first inf or NaN of `values`, counted from 1."""
+    finite = torch.isfinite(values)
+    if not finite.all():
+        raise NonFiniteLoss(f"{what} {int((~finite).nonzero()[0]) + 1}")
+
+# === Evaluation ==================================================================================
+
+def test_loss(run, images):
+    """The test MSE of the weight average, in fp32, looking for a stop signal between chunks."""
+    errors = []
+    for chunk in images.split(EVAL_CHUNK):
+        errors.append(per_image_mse(run.average, chunk))
+        if run.stop:
+            raise data.Interrupted(run.stop[0])
+    errors = torch.cat(errors)
+    check_finite(errors, "test image")
+    return errors.mean().item()
+
+# === The loop ====================================================================================
+
+def train_stage(args, argv, run, first_epoch, train_images, test_images):
+    """The epochs of one stage, each one saved as it ends; returns the exit status."""
+    saved_epoch = None
+    try:
+        for epoch in range(first_epoch, args.epochs + 1):
+            lr = run.optimizers[0].param_groups[0]["lr"]
+            if lr < args.min_lr:
+                say(f"stage {args.stage} stopped after epoch {epoch - 1}: the lr ({lr:.2e}) fell"
+                    f" below --min-lr {args.min_lr:g}; --min-lr 0 runs every epoch")
+                break
+            started = time.perf_counter()
+            train_loss = train_epoch(run, train_images, args, epoch)
+            loss = test_loss(run, test_images)
+            seconds = time.perf_counter() - started
+            run.scheduler.step(loss)
+            # The scheduler lowers the first optimizer's lr; every other group follows it.
+            set_lr(run.optimizers, run.optimizers[0].param_groups[0]["lr"])
+            improved = loss < run.best_loss
+            run.best_loss = min(run.best_loss, loss)
+            run.history.append({"stage": args.stage, "epoch": epoch,
+                                "train_loss": f"{train_loss:.7f}", "test_loss": f"{loss:.7f}",
+                                "lr": f"{lr:.3e}", "seconds": f"{seconds:.2f}"})
+            save_epoch(args, run, epoch, loss, improved)
+            saved_epoch = epoch
+            mark = " *" if improved else "  "
+            say(f"stage {args.stage} epoch {epoch:3d}/{args.epochs}  train {train_loss:.7f}  test"
+                f" {loss:.7f}{mark}  lr {lr:.2e}  {seconds:5.1f}s")
+            if run.stop:
+                raise data.Interrupted(run.stop[0])
+    except NonFiniteLoss as error:
+        return data.fail(f"the loss became non-finite at epoch {epoch}, {error} (lr {lr:g}); try"
+                         f" a lower --lr. Checkpoints were left as they were.", EXIT_NON_FINITE)
+    except CannotWrite as error:
+        advice = resume_advice(args, argv, saved_epoch)
+        return data.fail(f"{error}; {advice}", data.EXIT_CANNOT_WRITE)
+    except data.Interrupted:
+        advice = resume_advice(args, argv, saved_epoch)
+        return data.fail(f"stopped by {data.stop_name(run.stop[0])}; {advice}", 128 + run.stop[0])
+    say(f"best test loss of stage {args.stage}: {run.best_loss:.7f}")
+    return 0
+
+def train(args, argv):
+    """All that main does once the flags are read; returns the exit status."""
+    device = data.choose_device(args.device)
+    config = " ".join(f"{key}={value}" for key, value in vars(args).items())
+    say(f"device: {device}\nconfig: {config}")
+    if args.resume:
+        model, checkpoint = load_checkpoint(args.resume)
+    else:
+        with torch.random.fork_rng(devices=[]):  # the seed draws the weights, and nothing else
+            torch.default_generator.manual_seed(args.seed)
+            model, checkpoint = AutoEncoder(), {}
+    (train_images, _), (test_images, _) = data.load_splits(args.data_dir, args.dataset, device,
+                                                           args.subset, args.plain_resize)
+    if len(train_images) < args.batch_size:
+        raise InputError(f"{len(train_images)} training images, fewer than one batch (--batch-size"
+                         f" {args.batch_size}): add images or pass a smaller --batch-size")
+    # channels_last (NHWC): the CPU's convolutions are faster in it
+    run = new_run(args, model.to(device, memory_format=torch.channels_last), device)
+    first_epoch = resume(run, args, checkpoint)
+    with locked_out_dir(args.out_dir):
+        claim_out_dir(args, checkpoint)
+        arithmetic = "bf16 autocast" if run.bf16 else "fp32"
+        say(f"training arithmetic: {arithmetic} (--precision {args.precision})")
+        # From here on a stop signal is only noted, and acted on between batches, not mid-write.
+        with data.stop_signals(lambda number, _frame: run.stop.append(number)):
+            return train_stage(args, argv, run, first_epoch, train_images, test_images)
+
+def main(argv=()):
+    """Train one stage as `python train.py ARGS` does: `argv` is the list of ARGS, e.g.
+    ["--stage", "1", "--epochs", "5"] (the defaults when empty). Returns the exit status: 0 done,
+    2 a mistake in the flags or files, 3 a non-finite loss, 4 a file that cannot be written, 128
+    plus the signal's number when Ctrl-C (130), SIGHUP (129) or SIGTERM (143) stopped it. It
+    leaves torch's random state, its TF32 flags and the signal handlers as they were."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as exit:  # argparse has printed the usage and the mistake, or the help
+        return exit.code
+    with data.stop_signals(), data.exact_fp32():
+        try:
+            return train(args, list(argv))
+        except (InputError, CheckpointError) as error:
+            return data.fail(error)
+        except CannotWrite as error:
+            return data.fail(error, data.EXIT_CANNOT_WRITE)
+        except data.Interrupted as stop:
+            number = stop.args[0]
+            return data.fail(f"stopped by {data.stop_name(number)} before training began; nothing"
+                             f" was written", 128 + number)
+
+# === The run folder: its lock, files written whole, no run written over, resume ==================
+
+@contextlib.contextmanager
+def locked_out_dir(folder):
+    """While the block runs, hold an OS lock on <folder>/.lock (the folder made if need be): a
+    second run into the folder stops at once, naming this one's pid."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        lock = open(os.path.join(folder, ".lock"), "a+")
+    except OSError as error:
+        raise InputError(f"--out-dir {folder}: cannot write there ({error.strerror})") from None
+    with lock:
+        try:
+            if fcntl:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise InputError(f"--out-dir {folder} is in use by another train.py run (pid"
+                             f" {lock.read().strip()}); wait for it or pick another --out-dir"
+                             ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+def continues(checkpoint, args):
+    """Whether `checkpoint` is a run of this stage to continue, not weights to start from."""
+    return checkpoint.get("stage", 1) == args.stage and "train_model_state_dict" in checkpoint
+
+def claim_out_dir(args, checkpoint):
+    """Refuse a run that would write over the run in --out-dir: only the same stage resumed from
+    its last.pt continues it, and stage 2 from its stage-1 files keeps them as stage1_*.pt;
+    anything else needs --overwrite."""
+    out = os.path.join(args.out_dir, "")
+    present = [name for name in RUN_FILES if os.path.exists(out + name)]
+    if not present or args.overwrite:
+        return
+    resume = os.path.abspath(args.resume or "")
+    inside = bool(args.resume) and os.path.dirname(resume) == os.path.abspath(args.out_dir)
+    if inside and os.path.basename(resume) == "last.pt" and continues(checkpoint, args):
+        return
+    has_last = os.path.exists(out + "last.pt")
+    last_stage = load_checkpoint(out + "last.pt")[1].get("stage", 1) if has_last else 1
+    if inside and args.stage == 2 and checkpoint.get("stage", 1) == 1 and last_stage == 1:
+        for name in ("best.pt", "last.pt"):
+            if os.path.exists(out + name):
+                with open(out + name, "rb") as file:
+                    atomic_write(f"{out}stage1_{name}", file.read())
+        say(f"kept stage 1's files in {args.out_dir} as stage1_best.pt and stage1_last.pt")
+        return
+    stage_flag = " --stage 2" if last_stage == 2 else ""
+    raise InputError(f"--out-dir {args.out_dir} holds a run ({', '.join(present)}) that this one"
+                     f" would write over: continue it with --resume {out}last.pt{stage_flag},"
+                     f" replace it with --overwrite, or pick another --out-dir")
+
+def resume(run, args, checkpoint):
+    """Load --resume into `run`: all of it to continue the same stage, the weights (and the
+    earlier stage's history) to start a stage from. Returns the first epoch to train."""
+    run.history = [row for row in checkpoint.get("history", []) if int(row["stage"]) < args.stage]
+    if not continues(checkpoint, args):
+        if checkpoint:
+            say(f"stage {args.stage}: starting from the weights of {args.resume}, fresh"
+                f" optimizer, lr {args.lr:g}")
+        return 1
+    try:
+        run.model.load_state_dict(checkpoint["train_model_state_dict"])
+        for optimizer, state in zip(run.optimizers, checkpoint["optimizer_state_dicts"]):
+            optimizer.load_state_dict(state)
+        run.scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
+        run.generator.set_state(checkpoint["generator_state"].cpu())
+        run.best_loss, run.history = checkpoint["best_loss"], checkpoint["history"]
+        last_epoch = checkpoint["epoch"]
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as error:
+        reason = f"{type(error).__name__} {str(error)[:80]}"  # an earlier layout, say
+        raise InputError(f"{args.resume}: this train.py cannot continue it ({reason}); --stage 2"
+                         f" starts from its weights") from None
+    before = checkpoint.get("args", {"lr": args.lr})
+    now = vars(args)
+    changed = [name for name in TRAINING_FLAGS if before.get(name, now[name]) != now[name]]
+    if changed:
+        flags = ", ".join(f"--{name.replace('_', '-')} (was {before[name]})" for name in changed)
+        say(f"warning: continuing {args.resume} with changed {flags}; this is not the run an"
+            f" uninterrupted one would give", file=sys.stderr)
+        # The saved optimizer state holds the old lr and decay: the new flags rescale them.
+        set_lr(run.optimizers, run.optimizers[0].param_groups[0]["lr"] * args.lr / before["lr"])
+        for group in [g for optimizer in run.optimizers for g in optimizer.param_groups]:
+            if group["weight_decay"]:
+                group["weight_decay"] = args.weight_decay
+    say(f"continuing stage {args.stage} from epoch {last_epoch} of {args.resume}")
+    return last_epoch + 1
 
 def save_epoch(args, run, epoch, test_loss, improved):
-    """history.csv, best.pt when the test loss improved, then last.pt. Each checkpoint holds the history
-    up to its epoch: after a kill at any point, a resume from last.pt redoes the epoch identically."""
-    checkpoint = {"epoch": epoch, "model_state_dict": run.average.state_dict(), "loss": test_loss, "stage": args.stage,
-                  "args": vars(args), "train_model_state_dict": run.model.state_dict(), "best_loss": run.best_loss,
+    """history.csv, best.pt when the test loss improved, then last.pt. Each checkpoint holds the
+    history up to its epoch: after a kill at any point, a resume redoes the epoch identically."""
+    checkpoint = {"epoch": epoch, "stage": args.stage, "loss": test_loss, "args": vars(args),
+                  "model_state_dict": run.average.state_dict(),
+                  "train_model_state_dict": run.model.state_dict(), "best_loss": run.best_loss,
                   "optimizer_state_dicts": [optimizer.state_dict() for optimizer in run.optimizers],
-                  "scheduler_state_dict": run.scheduler.state_dict(), "generator_state": run.generator.get_state(),
-                  "history": run.history}
-    rows = [",".join(HISTORY_FIELDS)] + [",".join(str(row[key]) for key in HISTORY_FIELDS) for row in run.history]
+                  "scheduler_state_dict": run.scheduler.state_dict(),
+                  "generator_state": run.generator.get_state(), "history": run.history}
+    rows = [",".join(HISTORY_FIELDS)]
+    rows += [",".join(str(row[key]) for key in HISTORY_FIELDS) for row in run.history]
     atomic_write(os.path.join(args.out_dir, "history.csv"), "\n".join(rows + [""]).encode())
-    buffer = io.BytesIO()  # serialized once, in memory: a full disk is then an OSError of atomic_write
+    buffer = io.BytesIO()  # serialized once, in memory: a full disk is then atomic_write's OSError
     torch.save(checkpoint, buffer)
     for name in ("best.pt", "last.pt") if improved else ("last.pt",):
         atomic_write(os.path.join(args.out_dir, name), buffer.getvalue())
 
-
-def run_training(args, argv, run, start_epoch, train_images, test_images):
-    """The epochs of one stage; returns the exit status."""
-    say(f"training arithmetic: {'bf16 autocast' if run.bf16 else 'fp32'} (--precision {args.precision})")
-    saved_epoch = None
-    # Ctrl-C and SIGTERM (sent by `timeout`, job schedulers, Docker) are noted, for the loop to end the
-    # run between batches, never inside a file being written.
-    previous = [signal.signal(number, lambda number, _frame: run.stop.append(number)) for number in STOP_SIGNALS]
-    try:
-        for epoch in range(start_epoch, args.epochs + 1):
-            lr = run.optimizers[0].param_groups[0]["lr"]
-            if lr < args.min_lr:
-                say(f"stage {args.stage} stopped after epoch {epoch - 1}: the lr ({lr:.2e}) fell below --min-lr "
-                    f"{args.min_lr:g}, so learning has stopped; --min-lr 0 runs every epoch")
-                break
-            started = time.perf_counter()
-            train_loss = train_epoch(run, train_images, args, epoch)
-            errors = per_image_mse(run.average, test_images)
-            check_finite(errors, "test image")
-            test_loss, seconds = errors.mean().item(), time.perf_counter() - started
-            run.scheduler.step(test_loss)
-            set_lr(run.optimizers, run.optimizers[0].param_groups[0]["lr"])
-            improved, run.best_loss = test_loss < run.best_loss, min(run.best_loss, test_loss)
-            run.history.append({"stage": args.stage, "epoch": epoch, "train_loss": f"{train_loss:.7f}",
-                                "test_loss": f"{test_loss:.7f}", "lr": f"{lr:.3e}", "seconds": f"{seconds:.2f}"})
-            save_epoch(args, run, epoch, test_loss, improved)
-            saved_epoch = epoch
-            say(f"stage {args.stage} epoch {epoch:3d}/{args.epochs}  train {train_loss:.7f}  test {test_loss:.7f}"
-                f"{' *' if improved else '  '}  lr {lr:.2e}  {seconds:5.1f}s")
-            if run.stop:
-                raise Stopped()
-    except NonFiniteLoss as error:
-        return data.fail(f"the loss became non-finite at epoch {epoch}, {error} (lr {lr:g}); try a lower --lr. "
-                         f"Checkpoints were left as they were.", EXIT_NON_FINITE)
-    except (Stopped, CannotWrite) as error:
-        kept = [word for before, word in zip([None, *argv], argv) if "--resume" not in (word, before)
-                and not word.startswith("--resume=")]
-        command = shlex.join(["python", "train.py", *kept, "--resume", os.path.join(args.out_dir, "last.pt")])
-        way_on = (f"{os.path.join(args.out_dir, 'last.pt')} holds epoch {saved_epoch}, resume with: {command}"
-                  if saved_epoch else "no epoch was saved; run the same command again")
-        if isinstance(error, CannotWrite):
-            return data.fail(f"{error}; {way_on}", EXIT_CANNOT_WRITE)
-        return data.fail(f"stopped by {signal.Signals(run.stop[0]).name}; {way_on}", 128 + run.stop[0])
-    finally:
-        for number, handler in zip(STOP_SIGNALS, previous):
-            signal.signal(number, handler)
-    say(f"best test loss of stage {args.stage}: {run.best_loss:.7f}")
-    return 0
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    try:
-        device = data.choose_device(args.device)
-        say(f"device: {device}\nconfig: " + " ".join(f"{key}={value}" for key, value in vars(args).items()))
-        lock = lock_out_dir(args.out_dir)
-        torch.manual_seed(args.seed)
-        model, checkpoint = load_checkpoint(args.resume, device) if args.resume else (AutoEncoder().to(device), {})
-        (train_images, _), (test_images, _) = data.load_splits(args.data_dir, args.dataset, device, args.subset,
-                                                               args.plain_resize)
-        if len(train_images) < args.batch_size:
-            raise InputError(f"{len(train_images)} training images, fewer than one batch (--batch-size "
-                             f"{args.batch_size}): add images or pass a smaller --batch-size")
-        run = new_run(args, model.to(memory_format=torch.channels_last), device)  # NHWC: faster convolutions
-        start_epoch = start(run, args, checkpoint)
-        claim_out_dir(args, checkpoint)
-    except (InputError, CheckpointError) as error:
-        return data.fail(error)
-    except CannotWrite as error:
-        return data.fail(error, EXIT_CANNOT_WRITE)
-    except KeyboardInterrupt:
-        return data.fail("stopped by Ctrl-C before training began; nothing was written", 130)
-    with lock:
-        return run_training(args, argv, run, start_epoch, train_images, test_images)
+def resume_advice(args, argv, saved_epoch):
+    """How to go on after a stop: the command that resumes from the last epoch saved, or none."""
+    if saved_epoch is None:
+        return "no epoch was saved; run the same command again"
+    pairs = zip([None, *argv], argv)  # (the word before, the word): all but --resume and its path
+    kept = [word for before, word in pairs
+            if "--resume" not in (before, word) and not word.startswith("--resume=")]
+    last = os.path.join(args.out_dir, "last.pt")
+    command = shlex.join(["python", "train.py", *kept, "--resume", last])
+    return f"{last} holds epoch {saved_epoch}, resume with: {command}"
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

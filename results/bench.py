@@ -32,16 +32,24 @@ import data  # noqa: E402
 from model import AutoEncoder  # noqa: E402
 
 PLAIN_BATCH_SIZE = 64
-LEVERS = {"fp32 instead of --precision auto": ["--precision", "fp32"],
-          "without the weight average": ["--ema-decay", "0"]}
+LEVERS = {
+    "fp32 instead of --precision auto": ["--precision", "fp32"],
+    "without the weight average": ["--ema-decay", "0"],
+}
 
 
 class PlainLoop:
     """The textbook loop: a DataLoader of per-image transforms, fp32, Adam."""
 
     def __init__(self, args, stage, device):
-        warps = [transforms.RandomPerspective(data.DISTORTION_SCALE, data.PERSPECTIVE_P),
-                 transforms.RandomRotation(data.MAX_ROTATION_DEGREES)] if stage == 2 else []
+        warps = (
+            [
+                transforms.RandomPerspective(data.DISTORTION_SCALE, data.PERSPECTIVE_P),
+                transforms.RandomRotation(data.MAX_ROTATION_DEGREES),
+            ]
+            if stage == 2
+            else []
+        )
         self.loaders = [self.loader(args, train, warps if train else []) for train in (True, False)]
         torch.manual_seed(0)
         self.model, self.device = AutoEncoder().to(device), device
@@ -51,8 +59,11 @@ class PlainLoop:
     def loader(args, train, warps):
         transform = transforms.Compose([*warps, transforms.ToTensor()])
         dataset = datasets.MNIST(args.data_dir, train=train, transform=transform)
-        return DataLoader(Subset(dataset, range(min(args.subset or len(dataset), len(dataset)))),
-                          batch_size=PLAIN_BATCH_SIZE, shuffle=train)
+        return DataLoader(
+            Subset(dataset, range(min(args.subset or len(dataset), len(dataset)))),
+            batch_size=PLAIN_BATCH_SIZE,
+            shuffle=train,
+        )
 
     def epoch_seconds(self):
         started = time.perf_counter()
@@ -66,7 +77,9 @@ class PlainLoop:
         self.model.eval()
         with torch.no_grad():
             for images, _ in self.loaders[1]:
-                F.mse_loss(self.model(images.to(self.device))[0], images.to(self.device), reduction="sum").item()
+                F.mse_loss(
+                    self.model(images.to(self.device))[0], images.to(self.device), reduction="sum"
+                ).item()
         return time.perf_counter() - started
 
 
@@ -75,14 +88,31 @@ class TrainPy:
 
     def __init__(self, args, stage, folder, start_checkpoint, flags=()):
         self.stage, self.folder, self.epochs, self.resume = stage, folder, 0, start_checkpoint
-        self.command = [sys.executable, os.path.join(HERE, "train.py"), "--stage", str(stage), "--data-dir",
-                        args.data_dir, "--out-dir", folder, "--device", args.device, "--batch-size",
-                        str(args.batch_size), *(["--subset", str(args.subset)] if args.subset else []), *flags]
+        self.command = [
+            sys.executable,
+            os.path.join(HERE, "train.py"),
+            "--stage",
+            str(stage),
+            "--data-dir",
+            args.data_dir,
+            "--out-dir",
+            folder,
+            "--device",
+            args.device,
+            "--batch-size",
+            str(args.batch_size),
+            *(["--subset", str(args.subset)] if args.subset else []),
+            *flags,
+        ]
 
     def epoch_seconds(self):
         self.epochs += 1
         resume = ["--resume", self.resume] if self.resume else []
-        subprocess.run([*self.command, "--epochs", str(self.epochs), *resume], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*self.command, "--epochs", str(self.epochs), *resume],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         self.resume = os.path.join(self.folder, "last.pt")
         with open(os.path.join(self.folder, "history.csv"), newline="") as file:
             rows = [row for row in csv.DictReader(file) if row["stage"] == str(self.stage)]
@@ -101,11 +131,17 @@ def images_per_second(pipelines, num_images, rounds):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     data.add_arguments(parser)
-    parser.add_argument("--stages", type=int, nargs="+", choices=[1, 2], default=[1, 2], help="(default: 1 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="epochs of each, taken in turn (default: 3)")
+    parser.add_argument(
+        "--stages", type=int, nargs="+", choices=[1, 2], default=[1, 2], help="(default: 1 2)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="epochs of each, taken in turn (default: 3)"
+    )
     parser.add_argument("--subset", type=int, default=None, help="first N images only")
     parser.add_argument("--batch-size", type=int, default=64, help="train.py's (default: 64)")
-    parser.add_argument("--levers", action="store_true", help="also time train.py with each of LEVERS' flags")
+    parser.add_argument(
+        "--levers", action="store_true", help="also time train.py with each of LEVERS' flags"
+    )
     args = parser.parse_args(argv)
     for name in ("rounds", "subset", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
@@ -120,22 +156,38 @@ def main(argv=None):
         num_images = len(data.load_split(args.data_dir, train=True)[0][: args.subset])
     except data.InputError as error:
         return data.fail(error)
-    data.say(f"device: {device}, CPU capability: {torch.backends.cpu.get_cpu_capability()}, threads: "
-             f"{torch.get_num_threads()}, torch {torch.__version__}")
+    data.say(
+        f"device: {device}, CPU capability: {torch.backends.cpu.get_cpu_capability()}, threads: "
+        f"{torch.get_num_threads()}, torch {torch.__version__}"
+    )
     with tempfile.TemporaryDirectory() as scratch:
-        start = os.path.join(scratch, "start")  # stage 2 starts from a stage-1 checkpoint, as in the recipe
+        start = os.path.join(
+            scratch, "start"
+        )  # stage 2 starts from a stage-1 checkpoint, as in the recipe
         TrainPy(args, 1, start, None).epoch_seconds()
         for stage in args.stages:
             start_checkpoint = os.path.join(start, "last.pt") if stage == 2 else None
             ours = TrainPy(args, stage, os.path.join(scratch, f"stage{stage}"), start_checkpoint)
-            plain, rate = images_per_second([PlainLoop(args, stage, device), ours], num_images, args.rounds)
-            data.say(f"stage {stage}: plain loop {plain:7.0f} img/s   this project {rate:7.0f} img/s   "
-                     f"ratio {rate / plain:.2f}x")
+            plain, rate = images_per_second(
+                [PlainLoop(args, stage, device), ours], num_images, args.rounds
+            )
+            data.say(
+                f"stage {stage}: plain loop {plain:7.0f} img/s   this project {rate:7.0f} img/s   "
+                f"ratio {rate / plain:.2f}x"
+            )
             for number, (name, flags) in enumerate(LEVERS.items() if args.levers else []):
-                lever = TrainPy(args, stage, os.path.join(scratch, f"stage{stage}-{number}"), start_checkpoint, flags)
+                lever = TrainPy(
+                    args,
+                    stage,
+                    os.path.join(scratch, f"stage{stage}-{number}"),
+                    start_checkpoint,
+                    flags,
+                )
                 [slower] = images_per_second([lever], num_images, args.rounds)
-                data.say(f"stage {stage}:   {name:<36} {slower:7.0f} img/s   "
-                         f"the defaults {rate / slower - 1:+.0%} faster")
+                data.say(
+                    f"stage {stage}:   {name:<36} {slower:7.0f} img/s   "
+                    f"the defaults {rate / slower - 1:+.0%} faster"
+                )
     return 0
 
 

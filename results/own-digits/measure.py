@@ -1,12 +1,14 @@
-"""How well pictures.py frames each style of make_pictures.py, and what the shipped model makes of it.
+"""How well pictures.py frames each style of make_pictures.py, and what the shipped model makes of
+it.
 
-    python results/own-digits/measure.py PICTURES_DIR [--model results/mnist/autoencoder.pt] [--sheet S.png]
+    python results/own-digits/measure.py PICTURES_DIR [--model MODEL.pt] [--sheet S.png]
 
-The framing error of a picture is the MSE (pixels in [0, 1]) between its framed digit and the framing
-of the same strokes drawn clean (MNIST's own: crop to the ink, fit 20x20, centre of mass at (14, 14)),
-the least over shifts of up to one pixel either way; a picture framed as blank counts as 1. Prints,
-per style: the median framing error, the share within 0.02, and the model's test MSE on the framed
-digits. --sheet draws a few originals of each style beside their framed digits and reconstructions.
+The framing error of a picture is the MSE (pixels in [0, 1]) between its framed digit and the
+framing of the same strokes drawn clean (MNIST's own: crop to the ink, fit 20x20, centre of mass at
+(14, 14)), the least over shifts of up to one pixel either way; a picture framed as blank counts as
+1. Prints, per style: the median framing error, the share within 0.02, and the model's test MSE on
+the framed digits (the model: results/mnist/autoencoder.pt unless --model). --sheet draws a few
+originals of each style beside their framed digits and reconstructions.
 """
 
 import argparse
@@ -22,8 +24,7 @@ from torchvision.utils import make_grid, save_image
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import data  # noqa: E402
 import pictures  # noqa: E402
-from model import load_checkpoint  # noqa: E402
-from train import per_image_mse  # noqa: E402
+from model import load_checkpoint, per_image_mse  # noqa: E402
 
 SHIFTS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 WITHIN = 0.02
@@ -37,26 +38,34 @@ def framing_error(framed, reference):
         return 1.0
     padded = F.pad(framed.float()[None] / 255, (1, 1, 1, 1))[0]
     target = reference.float() / 255
-    return min(((padded[1 + dy : 29 + dy, 1 + dx : 29 + dx] - target) ** 2).mean().item() for dy, dx in SHIFTS)
+    return min(
+        ((padded[1 + dy : 29 + dy, 1 + dx : 29 + dx] - target) ** 2).mean().item()
+        for dy, dx in SHIFTS
+    )
 
 
 def mnist_framing(path):
-    """MNIST's own framing of a clean digit (light ink on black) at `path`: cropped to its ink, scaled to
-    fit 20x20 (antialiased), its centre of mass shifted to (14, 14): no paper to find, no sign to guess."""
+    """MNIST's own framing of a clean digit (light ink on black) at `path`: cropped to its ink,
+    scaled to fit 20x20 (antialiased), its centre of mass shifted to (14, 14): no paper to find, no
+    sign to guess."""
     clean = pictures.read_gray(path).float() / 255
     top, bottom, left, right = pictures.bounds(clean > 0)
     return pictures.fitted(clean[top:bottom, left:right])
 
 
 def style_files(root, style):
-    return sorted(os.path.relpath(path, os.path.join(root, style)) for path in pictures.picture_paths(
-        [os.path.join(root, style)]))
+    return sorted(
+        os.path.relpath(path, os.path.join(root, style))
+        for path in pictures.picture_paths([os.path.join(root, style)])
+    )
 
 
 def thumbnail(path):
     """A picture as grey [1, TILE, TILE] for the sheet, whole and squeezed."""
     with Image.open(path) as picture:
-        return data.to_float(torch.from_numpy(np.array(picture.convert("L").resize((TILE, TILE))))[None])[0]
+        return data.to_float(
+            torch.from_numpy(np.array(picture.convert("L").resize((TILE, TILE))))[None]
+        )[0]
 
 
 def enlarged(digit):
@@ -67,7 +76,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("pictures_dir")
     parser.add_argument("--model", default="results/mnist/autoencoder.pt")
-    parser.add_argument("--sheet", help="a PNG of a few originals, framed digits and reconstructions per style")
+    parser.add_argument(
+        "--sheet", help="a PNG of a few originals, framed digits and reconstructions per style"
+    )
     args = parser.parse_args()
     model, _ = load_checkpoint(args.model)
     model.eval()
@@ -76,22 +87,33 @@ def main():
     for style in sorted(name for name in os.listdir(root) if not name.endswith("-clean")):
         names = style_files(root, style)
         framed = [pictures.read_picture(os.path.join(root, style, name)) for name in names]
-        clean = [mnist_framing(os.path.join(root, f"{style}-clean", os.path.splitext(name)[0] + ".png"))
-                 for name in names]
+        clean = [
+            mnist_framing(os.path.join(root, f"{style}-clean", os.path.splitext(name)[0] + ".png"))
+            for name in names
+        ]
         errors = torch.tensor([framing_error(f, c) for f, c in zip(framed, clean)])
         found = torch.stack([f for f in framed if f is not None])
         mse = per_image_mse(model, found).mean().item()
-        print(f"{style:<9} {len(names):8d}  {errors.median().item():20.4f}  {(errors <= WITHIN).float().mean():10.1%}"
-              f"  {mse:14.7f}")
+        median, within = errors.median().item(), (errors <= WITHIN).float().mean()
+        print(f"{style:<9} {len(names):8d}  {median:20.4f}  {within:10.1%}  {mse:14.7f}")
         found_at = [i for i, f in enumerate(framed) if f is not None]
-        chosen = found_at[:: max(1, len(found_at) // SHEET_PER_STYLE)][:SHEET_PER_STYLE]  # digits of every kind
+        chosen = found_at[:: max(1, len(found_at) // SHEET_PER_STYLE)][
+            :SHEET_PER_STYLE
+        ]  # digits of every kind
         digits = data.to_float(torch.stack([framed[i] for i in chosen]))
         with torch.no_grad():
             rebuilt = model(digits)[0].clamp(0, 1)
         for i, digit, again in zip(chosen, digits, rebuilt):
-            rows += [thumbnail(os.path.join(root, style, names[i])), enlarged(digit), enlarged(again)]
+            rows += [
+                thumbnail(os.path.join(root, style, names[i])),
+                enlarged(digit),
+                enlarged(again),
+            ]
     if args.sheet:
-        save_image(make_grid(torch.stack(rows), nrow=3 * SHEET_PER_STYLE, padding=2, pad_value=1.0), args.sheet)
+        save_image(
+            make_grid(torch.stack(rows), nrow=3 * SHEET_PER_STYLE, padding=2, pad_value=1.0),
+            args.sheet,
+        )
 
 
 if __name__ == "__main__":
