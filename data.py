@@ -1,21 +1,20 @@
-"""MNIST (or Fashion-MNIST, or a folder of your own pictures) in memory, batches, the stage-2
-augmentation; the flags, messages, signals, files and device choice that every script shares.
-
-Each split is one uint8 tensor on the device; a batch is an index into it, scaled to [0, 1] as
-ToTensor does (no normalization: the reference's loss numbers depend on it). The stage-2 warps are
-the reference's RandomPerspective(0.4, p=0.5) then RandomRotation((-10, 10)), drawn per sample as
-torchvision draws them, applied to a whole batch by `grid_sample`.
+"""MNIST (or Fashion-MNIST, or a folder of your own pictures) in memory as uint8, its batches as
+ToTensor scales them, and the stage-2 warps: the reference's RandomPerspective(0.4, p=0.5) then
+RandomRotation((-10, 10)), drawn as torchvision draws them, applied to whole batches. Then what
+every script shares: flags, messages, signals, files written whole, the device.
 """
 
 import contextlib
 import math
 import os
+import pickle
 import signal
 import sys
 
 import torch
 import torch.nn.functional as F
 from torchvision import datasets
+from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from model import first_line
 
@@ -23,9 +22,8 @@ DATASETS = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
 NO_LABEL = -1  # the label of a picture of your own that is not in a class subfolder
 EXIT_USAGE = 2  # every script's exit status for a mistake in its flags or input files
 EXIT_CANNOT_WRITE = 4  # and for a file it cannot write
-STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM]  # Ctrl-C; `kill`, `timeout`, job schedulers
-if hasattr(signal, "SIGHUP"):  # a closed terminal, ssh session or notebook cell (not on Windows)
-    STOP_SIGNALS.append(signal.SIGHUP)
+# Ctrl-C; `kill`, `timeout`, job schedulers; a closed terminal or notebook cell (none on Windows)
+STOP_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
 IMAGE_SIZE = 28
 DISTORTION_SCALE = 0.4
 PERSPECTIVE_P = 0.5
@@ -33,6 +31,8 @@ MAX_ROTATION_DEGREES = 10.0
 # The corners (x, y): top-left, top-right, bottom-right, bottom-left, and the way each moves in.
 CORNERS = torch.tensor([[0, 0], [27, 0], [27, 27], [0, 27]])
 INWARD = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]])
+READERS = (read_image_file, read_label_file)  # of a split's two raw files
+READ_ERRORS = (RuntimeError, OSError, AssertionError, ValueError, EOFError, pickle.PickleError)
 
 class InputError(Exception):
     """A mistake in the flags or input files, or a device that is not there: the message says."""
@@ -49,12 +49,10 @@ def add_arguments(parser):
     add("--data-dir", default="./data", help="holds MNIST/raw/, downloaded if missing (./data)")
     add("--dataset", choices=[*DATASETS, "images"], default="mnist", help="images: your folder")
     add("--plain-resize", action="store_true", help="your pictures resized whole, not framed")
-    add("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-        help="auto: cuda, then mps, then cpu")
+    add("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="auto: cuda, mps")
 
 def say(*parts, file=None):
-    """print, flushed. A name the output cannot encode is escaped, and output that nobody reads
-    any more (a closed pipe after `| head`, a closed terminal) is dropped, so the work goes on."""
+    """print, flushed; what it cannot encode escaped, unread output (a closed pipe) dropped."""
     file = file or sys.stdout
     encoding = getattr(file, "encoding", None) or "utf-8"
     text = " ".join(map(str, parts)).encode(encoding, "backslashreplace").decode(encoding)
@@ -74,13 +72,11 @@ def fail(error, status=EXIT_USAGE):
     return status
 
 def atomic_write(path, content):
-    """Write bytes to a temp file beside `path`, flushed to disk, then moved over `path` in one
-    step: a crash or a full disk leaves the previous file whole."""
+    """Bytes to a temp file beside `path`, then moved over it: a crash leaves the old file whole."""
     temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
     try:
-        with open(temporary, "wb") as file:
+        with open(temporary, "wb", buffering=0) as file:  # unbuffered: fsync sees every byte
             file.write(content)
-            file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except OSError as error:
@@ -94,8 +90,7 @@ def stop_name(number):
 
 @contextlib.contextmanager
 def stop_signals(handler=None):
-    """While the block runs, Ctrl-C, SIGTERM and SIGHUP go to `handler`, or else raise Interrupted
-    (as Ctrl-C raises KeyboardInterrupt); after it, the handlers are as they were."""
+    """While the block runs, Ctrl-C, SIGTERM and SIGHUP go to `handler`, or raise Interrupted."""
     def interrupt(number, _frame):
         raise Interrupted(number)
     previous = {number: signal.signal(number, handler or interrupt) for number in STOP_SIGNALS}
@@ -106,14 +101,20 @@ def stop_signals(handler=None):
             signal.signal(number, handler_before)
 
 @contextlib.contextmanager
-def exact_fp32():
-    """While the block runs, fp32 stays fp32 on CUDA GPUs (no TF32), so a GPU computes the CPU's
-    numbers; after it, the user's own settings are back."""
+def script_run():
+    """Every main runs in this: stop signals raise Interrupted, fp32 stays fp32 on CUDA (a GPU
+    computes the CPU's numbers), closed standard streams open on /dev/null, not on our files."""
+    for descriptor in (0, 1, 2):
+        try:
+            os.fstat(descriptor)
+        except OSError:  # closed: os.open takes the lowest free number, this one
+            os.open(os.devnull, os.O_RDWR)
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     before = (matmul.allow_tf32, cudnn.allow_tf32)
     matmul.allow_tf32, cudnn.allow_tf32 = False, False
     try:
-        yield
+        with stop_signals():
+            yield
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = before
 
@@ -127,23 +128,27 @@ def choose_device(name):
     return torch.device(name)
 
 def load_split(data_dir, train, dataset="mnist", plain_resize=False):
-    """(images uint8 [N, 28, 28], labels int64 [N]) of one split: downloaded if missing, an
-    InputError with a one-line fix when that fails or the files are corrupt."""
+    """(images uint8 [N, 28, 28], labels int64 [N]) of one split, downloaded if missing."""
     if dataset == "images":
         import pictures  # only for your own pictures: the four training files work without it
         return pictures.folder_split(data_dir, train, plain_resize)
     kind = DATASETS[dataset]
     folder = os.path.join(data_dir, kind.__name__, "raw")
-    names = [os.path.basename(url)[: -len(".gz")] for url, _md5 in kind.resources]
+    files = [os.path.join(folder, os.path.basename(url)[:-3]) for url, _ in kind.resources]  # .gz
+    present = all(os.path.exists(path) for path in files)
     try:
-        split = kind(data_dir, train=train, download=True)
-        images, labels = split.data, split.targets
-    except (RuntimeError, OSError, AssertionError, ValueError) as error:
-        if not all(os.path.exists(os.path.join(folder, name)) for name in names):
-            raise InputError(
-                f"{dataset} is not in {folder}/ and could not be downloaded ({first_line(error)});"
-                f" put {', '.join(names)} there, or pass --data-dir naming the folder that holds"
-                f" {kind.__name__}/raw/") from None
+        if present:  # read as they are: torchvision would read a stale copy of its old layout
+            split_files = files[:2] if train else files[2:]
+            images, labels = [read(path) for read, path in zip(READERS, split_files)]
+        else:
+            split = kind(data_dir, train=train, download=True)
+            images, labels = split.data, split.targets
+    except READ_ERRORS as error:  # EOF's and pickle's too: a stale copy of the old layout
+        if not present:
+            names = ", ".join(os.path.basename(path) for path in files)
+            raise InputError(f"{dataset} is not in {folder}/ and could not be downloaded"
+                             f" ({first_line(error)}); put {names} there, or pass --data-dir naming"
+                             f" the folder that holds {kind.__name__}/raw/") from None
         raise InputError(f"{dataset} files in {folder}/ are corrupt ({first_line(error)}); delete"
                          f" them to download again") from None
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or len(labels) != len(images):
@@ -161,29 +166,24 @@ def to_float(images_uint8):
     return images_uint8.unsqueeze(1).float().div_(255)
 
 def to_device(tensor, device):
-    """A CPU tensor on `device`; to a CUDA GPU through pinned memory, so the CPU does not wait."""
-    pinned = tensor.pin_memory() if device.type == "cuda" else tensor
-    return pinned.to(device, non_blocking=True)
+    """A CPU tensor on `device`, through pinned memory to a GPU: the CPU does not wait for it."""
+    return (tensor.pin_memory() if device.type == "cuda" else tensor).to(device, non_blocking=True)
 
 def batches(images, batch_size, generator=None):
-    """Float batches of `images`, in order, or shuffled by `generator` (a CPU generator: the same
-    order on every device)."""
-    order = torch.arange(len(images))
-    if generator is not None:
-        order = torch.randperm(len(images), generator=generator)
+    """Float batches of `images`, in order or shuffled by a CPU `generator` (the same anywhere)."""
+    count = len(images)
+    order = torch.randperm(count, generator=generator) if generator else torch.arange(count)
     order = to_device(order, images.device)
     for start in range(0, len(images), batch_size):
         yield to_float(images[order[start : start + batch_size]])
 
 def sample_perspective_endpoints(batch_size, generator):
-    """Corner targets [B, 4, 2] as RandomPerspective.get_params draws them: each corner moves in by
-    a whole number of pixels, uniform in [0, 0.4 * 14], independently in x and y."""
+    """Corner targets [B, 4, 2] as RandomPerspective draws them: in by 0 to 0.4 * 14 pixels."""
     bound = int(DISTORTION_SCALE * (IMAGE_SIZE // 2)) + 1
     return CORNERS + INWARD * torch.randint(0, bound, (batch_size, 4, 2), generator=generator)
 
 def perspective_coefficients(startpoints, endpoints):
-    """The 8 homography coefficients [B, 8] that map each output pixel back to the input: the
-    linear system of torchvision's perspective, solved for the whole batch in float64."""
+    """The homographies [B, 8] from output pixels to input, as torchvision solves them (float64)."""
     end, start = endpoints.double(), startpoints.double().expand_as(endpoints)
     x, y, u, v = end[..., 0], end[..., 1], start[..., 0], start[..., 1]
     ones, zeros = torch.ones_like(x), torch.zeros_like(x)
@@ -193,8 +193,7 @@ def perspective_coefficients(startpoints, endpoints):
     return torch.linalg.solve(system, torch.stack([u, v], dim=-1).reshape(-1, 8)).float()
 
 def perspective(batch, coefficients):
-    """Warp each image by its homography `coefficients` [B, 8] (bilinear, zeros outside), as
-    torchvision does."""
+    """Each image warped by its homography [B, 8] (bilinear, zeros outside), as torchvision does."""
     size = batch.shape[-1]
     a_to_f, g_h = coefficients[:, :6].unflatten(1, (2, 3)), coefficients[:, 6:]
     homography = torch.cat([a_to_f / (0.5 * size), F.pad(g_h, (0, 1), value=1.0)[:, None]], dim=1)
@@ -214,8 +213,7 @@ def rotate(batch, degrees):
     return F.grid_sample(batch, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 def draw_augmentation(batch_size, generator):
-    """Each sample's stage-2 parameters, drawn on the CPU: [B, 10], the 8 perspective
-    coefficients, 1.0 where the perspective applies (else 0.0), and the rotation in degrees."""
+    """Stage-2 parameters [B, 10] from the CPU: the perspective's 8, 1 if it applies, degrees."""
     warp = torch.rand(batch_size, generator=generator) < PERSPECTIVE_P
     endpoints = sample_perspective_endpoints(batch_size, generator)
     degrees = torch.empty(batch_size)
@@ -227,7 +225,6 @@ def augment(batch, generator):
     """Stage-2 augmentation of a float batch [B, 1, 28, 28], parameters drawn per sample."""
     parameters = to_device(draw_augmentation(len(batch), generator), batch.device)  # one copy
     coefficients, warp, degrees = parameters[:, :8], parameters[:, 8] > 0.5, parameters[:, 9]
-    # Every image is warped and the unwarped ones kept where the coin said no: no data-dependent
-    # shape (a GPU sync), and an identity warp would not return the images bit for bit.
+    # All warped, then the coin's no kept unwarped: no GPU sync, and the images kept bit for bit.
     warped = torch.where(warp[:, None, None, None], perspective(batch, coefficients), batch)
     return rotate(warped, degrees)

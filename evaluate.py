@@ -119,7 +119,7 @@ def main(argv=()):
         args = parse_args(argv)
     except SystemExit as exit:  # argparse has printed the usage and the mistake, or the help
         return exit.code
-    with data.stop_signals(), data.exact_fp32():
+    with data.script_run():
         try:
             model, _ = load_checkpoint(args.checkpoint, data.choose_device(args.device))
             model = model.to(memory_format=torch.channels_last)  # as train.py evaluates it

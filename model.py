@@ -1,10 +1,7 @@
-"""The convolutional autoencoder, layer for layer as the reference project, its error on a set of
-images, and the safe loader of its checkpoints.
-
-A 28x28 digit goes through the encoder to 128 numbers (its code), and the decoder draws a 28x28
-digit back from them. The module names (encoder.0.0.weight, ...) are the reference checkpoint's,
-so its weights load with strict=True. Pasted into a notebook cell, this file defines the model and
-prints nothing: `print(AutoEncoder())` shows the layers.
+"""The convolutional autoencoder, layer for layer as the reference project's (its checkpoint loads
+with strict=True): a 28x28 digit -> encoder -> 128 numbers, its code -> decoder -> a 28x28 digit.
+Also its error on a set of images, and the safe loader of its checkpoints. Pasted into a notebook
+cell, this file defines them and prints nothing: `print(AutoEncoder())` shows the layers.
 """
 
 import numpy as np
@@ -12,8 +9,7 @@ import torch
 import torch.nn as nn
 
 LATENT_DIM = 128
-# The reference saved `loss` as a numpy float64, which unpickles through numpy's scalar
-# constructor (numpy.core.* in numpy 1, numpy._core.* in numpy 2); nothing else is allowed.
+# The reference's `loss` is a numpy float64, unpickled by these (numpy 1's and 2's names) alone.
 NUMPY_SCALAR = np.float64(0).__reduce__()[0]
 NUMPY_FLOAT64_GLOBALS = [(NUMPY_SCALAR, "numpy.core.multiarray.scalar"), np.dtype,
                          (NUMPY_SCALAR, "numpy._core.multiarray.scalar"), type(np.dtype("f8"))]
@@ -62,9 +58,8 @@ class AutoEncoder(nn.Module):
         return self.decoder(code), code
 
 def per_image_mse(model, images, batch_size=200):
-    """The mean squared error of each image's reconstruction: `images` uint8 [N, 28, 28] on the
-    model's device, scaled to [0, 1] as ToTensor does; float64 [N] on the CPU. It runs in fp32
-    whatever the training arithmetic, so that every device and run is measured alike."""
+    """The mean squared error of each image's reconstruction, `images` uint8 [N, 28, 28] scaled as
+    ToTensor does; float64 [N] on the CPU, in fp32 on every device, so all are measured alike."""
     model.eval()
     errors = []
     with torch.inference_mode():
@@ -79,9 +74,8 @@ def first_line(error):
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 def load_checkpoint(path, device="cpu"):
-    """Load a checkpoint safely (weights_only) and return (model, checkpoint dict). Raises
-    CheckpointError with a one-line reason for a missing, empty, truncated or foreign file,
-    or weights of another architecture."""
+    """(model, checkpoint dict) of a checkpoint loaded safely (weights_only); a CheckpointError
+    says in one line what is wrong with a missing, empty, truncated or foreign file."""
     try:
         with torch.serialization.safe_globals(NUMPY_FLOAT64_GLOBALS):
             checkpoint = torch.load(path, map_location=device, weights_only=True)
@@ -92,10 +86,14 @@ def load_checkpoint(path, device="cpu"):
         raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model_state_dict"), dict):
         raise CheckpointError(f"{path}: no 'model_state_dict'; is it a checkpoint of this project?")
+    state = checkpoint["model_state_dict"]
+    for prefix in ("module.", "_orig_mod.", "module."):  # DataParallel's and torch.compile's
+        if state and all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix) :]: value for key, value in state.items()}
     with torch.random.fork_rng(devices=[]):  # the weights are the file's: the seed is left alone
         model = AutoEncoder().to(device)
     try:
-        model.load_state_dict(checkpoint["model_state_dict"])
+        model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as error:
         mismatches = " ".join(str(error).split()[6:])[:300]  # torch's message lists every one
         raise CheckpointError(f"{path}: weights of another model ({mismatches})") from None

@@ -1,10 +1,8 @@
-"""Muon for the convolution kernels (train.py gives every other parameter to torch.optim.AdamW).
-
-Muon (Keller Jordan, 2024: kellerjordan.github.io/posts/muon) keeps a Nesterov momentum of each
-kernel's gradient, as SGD does, but steps along an orthogonalized copy of it: the kernel seen as a
-matrix [out channels, in channels x 3 x 3], its singular values pushed towards 1 by five
-Newton-Schulz iterations, so that every direction of the layer moves at the same rate.
-torch.optim.Muon (torch 2.9 and later) takes 2-D parameters only; on those the update is its.
+"""Muon for the convolution kernels (Keller Jordan, 2024: kellerjordan.github.io/posts/muon). It
+keeps a Nesterov momentum of each kernel's gradient, as SGD does, but steps along an orthogonalized
+copy of it: the kernel as a matrix [out channels, in channels x 3 x 3], its singular values pushed
+towards 1, so that every direction of the layer moves at the same rate. torch.optim.Muon (torch
+2.9 on) takes 2-D parameters only; on those the update is its.
 """
 
 import torch
@@ -17,25 +15,26 @@ NEWTON_SCHULZ_STEPS = 5
 EPS = 1e-7
 
 def orthogonalize(matrix):
-    """About U V^T of the SVD U S V^T of `matrix`, by Newton-Schulz iterations."""
+    """About U V^T of `matrix` = U S V^T, by Newton-Schulz iterations X <- p(X X^T) X, p(G) = a I +
+    b G + c G^2. X is Q X0, Q a polynomial of G0 = X0 X0^T: the iterations run on the small side,
+    Q <- p(G) Q and G <- p(G) G p(G), and X0 is multiplied once at the end (fewer products)."""
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
     tall = matrix.size(0) > matrix.size(1)
-    x = matrix.float()
-    if tall:  # iterated wide, where the Gram matrix X X^T is the smaller one
-        x = x.T
+    x = matrix.float().T if tall else matrix.float()  # wide: the Gram matrix is the smaller one
     x = x / x.norm().clamp(min=EPS)  # the spectral norm at most 1, where the iteration converges
+    gram = x @ x.T
+    product = torch.eye(len(gram), dtype=x.dtype, device=x.device)  # Q
     for _ in range(NEWTON_SCHULZ_STEPS):
-        gram = x @ x.T
         polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
-        x = torch.addmm(x, polynomial, x, beta=a)  # a X + (b G + c G^2) X
-    if tall:
-        x = x.T
-    return x.to(matrix.dtype)
+        polynomial.diagonal().add_(a)  # + a I
+        product = polynomial @ product
+        gram = polynomial @ gram @ polynomial
+    x = product @ x
+    return (x.T if tall else x).to(matrix.dtype)
 
 class Muon(torch.optim.Optimizer):
-    """Muon for kernels whose output channels lie in dimension `out_dim` (0: Conv2d, 1:
-    ConvTranspose2d). Weight decay is decoupled, as AdamW's: each step multiplies a kernel by
-    1 - lr * weight_decay."""
+    """Muon for kernels whose output channels are dimension `out_dim` (0: Conv2d, 1:
+    ConvTranspose2d), its weight decay decoupled as AdamW's: a kernel times 1 - lr * decay."""
 
     def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0, out_dim=0):
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,

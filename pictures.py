@@ -54,18 +54,27 @@ LINE_END = 0.06  # ...that reaches within this share of both its ends is a print
 LINE_FLOOR = 0.5  # of the ink's floor: a line's median along it shows what single pixels do not
 LINE_RUN = 7  # pixels along a path whose median ink counts: a line crossing it is no line along it
 MAX_SLOPE = 0.2  # pixels a line may climb per pixel: up to 11 degrees of tilt
+MAX_LINE_WIDTH = 0.03  # of the picture's side: a printed line is no wider
 STRONG = 0.3  # of the darkest ink: a pen's stroke, where faint printed lines are not
 RIM = 2  # pixels around it where a stroke's soft edge is found
 PIECES_GRID = 64  # cells a side at most, on which pieces of ink are told apart
 SPECK_FRACTION = 0.05  # ink pieces with less than this share of the largest piece's ink are noise
 BORDER_WEIGHT = 0.5  # ink at the border is left out if a piece within weighs this share of it
 DARKEST_PAPER = 0.1  # the least share of the light that paper, or a line on it, is taken to return
-MIN_CONTRAST = 0.1  # ink less bright than this above the paper is no ink: a blank picture
+MIN_CONTRAST = 0.03  # ink less bright than this above the paper is no ink: a blank picture...
+SIGNAL_TO_NOISE = 2.0  # ...and so is ink less than this many times the paper's noise above it
+EDGE_GAP = 0.02  # of the picture's side: a digit's box nearer an edge reaches it (a tight crop)
+MARGIN = 0.3  # of the picture's longer side: the paper added around a digit that reaches the edge
+MIN_SPREAD = 12.0  # times its noise: a picture whose darkest and lightest differ less is blank
 PROGRESS_DELAY = 1.0  # seconds of reading pictures before a progress bar is shown
 TEST_FRACTION = 0.1  # of a folder of pictures without train/ and test/
 SPLIT_SEED = 0
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 OPENABLE = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.OPEN}
+# Picture formats of phones and cameras that Pillow cannot open without plugins.
+COMMON_FORMATS = {"PNG", "JPEG", "JPG", "BMP", "GIF", "TIFF", "WEBP"}
+UNOPENABLE = {".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf",
+              ".rw2", ".raf", ".svg"} - OPENABLE
 
 
 MAKER = "mnist-autoencoder"  # the "Software" text of the PNGs its scripts write, with the script
@@ -80,10 +89,20 @@ class Unreadable(Exception):
     """A file named as a picture that Pillow cannot decode: corrupt, truncated or empty."""
 
 
+class ReachesEdge(Exception):
+    """The digit's ink reaches the picture's edge (a crop tight to the ink), and no margin of
+    paper added around it frames it."""
+
+
 def read_gray(path):
     """The picture at `path` as uint8 [H, W], upright (its EXIF orientation applied, as a
     phone's photo needs), 16-bit grey scaled to 8 bits, transparent parts as white paper."""
-    is_picture = path.lower().endswith(tuple(OPENABLE))
+    extension = os.path.splitext(path)[1].lower()
+    if extension in UNOPENABLE:
+        known = ", ".join(sorted({name[1:].upper() for name in OPENABLE} & COMMON_FORMATS))
+        raise Unreadable(f"Pillow cannot open {extension[1:].upper()} pictures (it opens {known}"
+                         f" and more): save it as JPEG or PNG")
+    is_picture = extension in OPENABLE
     try:
         with warnings.catch_warnings(), Image.open(path) as picture:
             # Large photos are read shrunk: a JPEG decodes straight at a smaller size.
@@ -168,37 +187,52 @@ def median_along(values, run):
 
 def lines_across(ink, floor):
     """The ink of the straight lines across `ink` [H, W], tilted by up to MAX_SLOPE, at each of
-    their pixels (0 elsewhere). For each slope, every path of pixels along it whose ink, the median
-    of LINE_RUN pixels along it, reaches `floor` in LINE_FRACTION of it and within LINE_END of both
-    its ends is a printed line (it runs off the picture; a digit has margins). A line's own ink is
-    the median along it, over a window and over its whole length, so that a stroke across it or
-    along a stretch of it is not taken for it."""
+    their pixels (0 elsewhere). Every path of pixels along every slope whose ink, the median of
+    LINE_RUN pixels along it, reaches `floor` in LINE_FRACTION of it and within LINE_END of both its
+    ends is a printed line (it runs off the picture; a digit has margins). A line's own ink is the
+    median along it, over a window and over its whole length, so that a stroke across it or along a
+    stretch of it is not taken for it. All the slopes' paths are looked at together."""
     height, width = ink.shape
-    found, columns = torch.zeros(height * width), torch.arange(width)
+    columns = torch.arange(width)
     reach, run, long_run = max(1, round(LINE_END * width)), min(LINE_RUN, width) | 1, window(ink)
+    steps = round(MAX_SLOPE * width)
+    rise = ((torch.arange(-steps, steps + 1)[:, None] / width) * (columns - width / 2)).round()
+    rows = (torch.arange(height)[None, :, None] + rise.long()[:, None]).reshape(-1, width)
+    inside = (rows >= 0) & (rows < height)  # [slopes x H, W]: each path's pixels in the picture
+    values = ink[rows.clamp(0, height - 1), columns] * inside
+    lengths = inside.sum(1)
+    maybe = ((values > floor).sum(1) >= LINE_FRACTION / 2 * lengths) & (lengths >= width / 2)
+    rows, inside, values = rows[maybe], inside[maybe], values[maybe]  # the rest cannot be lines
+    lit = (median_along(values, run) > floor) & inside
 
-    def ends(flags):  # the first and the last column where `flags` is True, row by row
+    def ends(flags):  # the first and the last column where `flags` is True, path by path
         return flags.int().argmax(1), width - 1 - flags.flip(1).int().argmax(1)
 
-    for slope in torch.arange(-round(MAX_SLOPE * width), round(MAX_SLOPE * width) + 1) / width:
-        rise = (slope * (columns - width / 2)).round().long()
-        rows = torch.arange(height)[:, None] + rise  # [H, W]
-        inside = (rows >= 0) & (rows < height)
-        values = ink[rows.clamp(0, height - 1), columns] * inside
-        lengths = inside.sum(1)
-        maybe = ((values > floor).sum(1) >= LINE_FRACTION / 2 * lengths) & (lengths >= width / 2)
-        rows, inside, values = rows[maybe], inside[maybe], values[maybe]  # the rest cannot be lines
-        lit = (median_along(values, run) > floor) & inside
-        (first, last), (start, end) = ends(lit), ends(inside)
-        reaches_ends = (first - start < reach) & (end - last < reach)
-        line = (lit.sum(1) >= LINE_FRACTION * inside.sum(1)) & reaches_ends
-        if not line.any():
-            continue
+    (first, last), (start, end) = ends(lit), ends(inside)
+    reaches_ends = (first - start < reach) & (end - last < reach)
+    line = (lit.sum(1) >= LINE_FRACTION * inside.sum(1)) & reaches_ends
+    line = line & thin_bands(maybe.nonzero()[:, 0][line], len(maybe), height)[maybe.nonzero()[:, 0]]
+    found = torch.zeros(height * width)
+    if line.any():
         whole = torch.where(inside, values, torch.nan)[line].nanmedian(1, keepdim=True).values
         own = torch.minimum(median_along(values[line], long_run), whole)
         on = inside[line]
         found.scatter_reduce_(0, (rows[line] * width + columns)[on], own[on], reduce="amax")
     return found.reshape(height, width)
+
+
+def thin_bands(paths, count, height):
+    """Which of `count` paths (slopes x `height` rows, by number) are in a band of `paths` at most
+    MAX_LINE_WIDTH of the height wide: a printed line is thin, a stroke across a picture cropped
+    tight to its ink is not."""
+    widest = max(2, round(MAX_LINE_WIDTH * height))
+    lit = torch.zeros(count)
+    lit[paths] = 1.0
+    bands = lit.reshape(1, -1, height)
+    # The rows of each slope in a run longer than `widest`: eroded, then grown back by as much.
+    inner = -F.max_pool1d(-bands, widest + 1, stride=1)
+    thick = F.max_pool1d(F.pad(inner, (widest, widest)), widest + 1, stride=1)
+    return (lit > 0) & (thick.reshape(-1) == 0)
 
 
 def without_lines(ink, floor):
@@ -283,19 +317,77 @@ def fitted(digit):
     return centred(digit / digit.max())
 
 
-def frame_like_mnist(gray):
-    """A picture, uint8 [H, W], as an MNIST digit, uint8 [28, 28]; None where it has no ink."""
-    ink, noise = levelled_ink(shrink(gray.float() / 255))
+def clean_background(gray):
+    """The value of a picture's background where it is exactly uniform, as in a drawing made on a
+    computer or MNIST's own digits: the value of every pixel of its border and of half the picture;
+    else None (a photo's or a scan's paper is never one value, and lines cross a page's edge)."""
+    border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    uniform = bool((border == border[0]).all()) and (gray == border[0]).float().mean() >= 0.5
+    return border[0] if uniform else None
+
+
+def contrast(picture):
+    """How many times its noise the picture's darkest and lightest differ (the 1st and the 99th
+    percentile); the noise from the steps between neighbouring pixels."""
+    steps = (picture[:, 1:] - picture[:, :-1]).flatten()
+    noise = 1.4826 * steps.abs().median() / 2**0.5
+    spread = picture.flatten().quantile(0.99) - picture.flatten().quantile(0.01)
+    return (spread / noise.clamp(min=HALF_GREY)).item()
+
+
+def framed(picture):
+    """`picture` [H, W] in [0, 1] as an MNIST digit, uint8 [28, 28], or None where it has no ink;
+    and the least share of the picture's side between the digit's box and an edge."""
+    ink, noise = levelled_ink(picture)
     floor = max(noise, HALF_GREY)
     ink = without_lines(ink, floor)
     box = digit_box(ink, max(floor, STRONG * ink.max().item()))
     if box is None:
-        return None
+        return None, 0.0
     top, bottom, left, right = grown_box(ink, box, floor)
     digit = ink[top:bottom, left:right]
-    if digit.max().item() - noise < max(MIN_CONTRAST, noise):
-        return None
-    return fitted((digit - noise).clamp(min=0))
+    if digit.max().item() - noise < max(MIN_CONTRAST, SIGNAL_TO_NOISE * noise):
+        return None, 0.0
+    height, width = picture.shape
+    gap = min(top / height, (height - bottom) / height, left / width, (width - right) / width)
+    return fitted((digit - noise).clamp(min=0)), gap
+
+
+def with_margin(picture):
+    """`picture` [H, W] with a margin of its paper around it, and the margin's width. The paper
+    under the picture (its strokes taken away) is carried on outwards from the picture's edge, so
+    that a gradient of light goes on smoothly. Which side is the paper: the one that is not thin. A
+    closing takes dark strokes away, an opening light ones, and the side that loses more is the ink
+    (a picture cropped to its ink may be half ink: counting would not do)."""
+    darker, lighter = paper(picture, dark_ink=True), paper(picture, dark_ink=False)
+    surface = darker if (darker - picture).mean() > (picture - lighter).mean() else lighter
+    margin = max(window(picture), round(MARGIN * max(picture.shape)))
+    padded = F.pad(surface[None, None], (margin,) * 4, mode="replicate")[0, 0]
+    padded[margin:-margin, margin:-margin] = picture
+    return padded, margin
+
+
+def frame_like_mnist(gray):
+    """A picture, uint8 [H, W], as an MNIST digit, uint8 [28, 28]; None where it has no ink.
+    Raises ReachesEdge for a digit whose ink reaches the picture's edge and that a margin of paper
+    added around it does not frame either."""
+    background = clean_background(gray)
+    if background is not None:  # no paper to find: MNIST's own framing, at once
+        ink = (gray.float() - background).abs() / 255
+        if not ink.any():
+            return None
+        top, bottom, left, right = bounds(ink > 0)
+        return fitted(ink[top:bottom, left:right])
+    picture = shrink(gray.float() / 255)
+    digit, gap = framed(picture)
+    if gap >= EDGE_GAP or (digit is None and contrast(picture) < MIN_SPREAD):
+        return digit
+    # Cropped tight to its ink (none found may be one too): framed with the margin it lacks.
+    padded, margin = with_margin(picture)
+    digit, gap = framed(padded)
+    if digit is None or gap < margin / max(padded.shape) / 2:  # the margin taken for the digit
+        raise ReachesEdge()
+    return digit
 
 
 def centred(digit):
@@ -326,7 +418,7 @@ def plain_resized(gray):
 
 def read_picture(path, plain_resize=False):
     """The picture at `path` as an MNIST digit, uint8 [28, 28], or None if it has no ink.
-    Raises NotAnImage or Unreadable."""
+    Raises NotAnImage, Unreadable or ReachesEdge."""
     gray = read_gray(path)
     return plain_resized(gray) if plain_resize else frame_like_mnist(gray)
 
@@ -364,6 +456,10 @@ def read_pictures(paths, plain_resize=False, folder=None):
             continue
         except Unreadable as error:
             raise data.InputError(f"{path}: cannot read this image: {error}") from None
+        except ReachesEdge:
+            data.say(f"skipped {name}: the digit reaches the picture's edge and was not framed"
+                     f" (cropped tight?): give it a margin, or pass --plain-resize")
+            continue
         if image is None:
             data.say(f"skipped {name}: no ink found (a blank picture?)")
             continue
@@ -489,7 +585,7 @@ def main(argv=()):
         args = parse_args(argv)
     except SystemExit as exit:  # argparse has printed the usage and the mistake, or the help
         return exit.code
-    with data.stop_signals():
+    with data.script_run():
         try:
             check_out_dir(args.out_dir, args.paths)
             images, paths = read_pictures(picture_paths(args.paths), args.plain_resize)

@@ -3,6 +3,7 @@ drawn, one by one (--images); bad files end with one line."""
 
 import io
 import os
+import time
 
 import numpy as np
 import pytest
@@ -441,3 +442,66 @@ def test_pictures_py_writes_each_framed_digit_for_any_mnist_model(tmp_path, caps
     assert pictures.main([str(folder), "--out-dir", str(tmp_path / "other")]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "d1.png" in line and "cannot read" in line and not (tmp_path / "other").exists()
+
+
+def tight_crop(digit, scale, dark_on_light, seed):
+    """`digit` drawn `scale` times as large, with a little sensor noise, and cropped to its ink:
+    the strokes touch the picture's edges."""
+    generator = torch.Generator().manual_seed(seed)
+    large = F.interpolate(digit[None, None].float(), scale_factor=scale, mode="bilinear")[0, 0]
+    top, bottom, left, right = pictures.bounds(large > 40)
+    crop = large[top:bottom, left:right]
+    picture = (235 - 0.85 * crop) if dark_on_light else (20 + 0.85 * crop)
+    picture = picture + 3 * torch.randn(picture.shape, generator=generator)
+    return picture.round().clamp(0, 255).byte()
+
+
+@pytest.mark.parametrize("dark_on_light", [True, False])
+def test_a_digit_cropped_tight_to_its_ink_is_framed_with_a_margin_or_refused(dark_on_light,
+                                                                            tmp_path, capsys):
+    digits = synthetic_digits(10, seed=17)[0]
+    results = []
+    for index, digit in enumerate(digits):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(tight_crop(digit, 4, dark_on_light, index).numpy()).save(path)
+        clean = F.interpolate(digit[None, None].float(), scale_factor=4, mode="bilinear")[0, 0]
+        try:
+            framed = pictures.read_picture(str(path))
+        except pictures.ReachesEdge:
+            results.append("refused")
+            continue
+        results.append(framing_error(framed, pictures.frame_like_mnist(clean.round().byte())))
+    assert all(result == "refused" or result <= 0.02 for result in results), results
+    assert sum(result != "refused" for result in results) >= 7  # most are framed
+    images, kept = pictures.read_pictures(pictures.picture_paths([str(tmp_path)]))
+    refused = [line for line in capsys.readouterr().out.splitlines() if "reaches" in line]
+    assert len(refused) == results.count("refused") == 10 - len(kept)
+    assert all("--plain-resize" in line for line in refused)
+
+
+def test_a_faint_pencil_digit_well_above_the_papers_noise_is_framed(tmp_path):
+    digit = synthetic_digits(1, seed=5)[0][0]
+    generator = torch.Generator().manual_seed(0)
+    ink = F.interpolate(digit[None, None].float() / 255, size=(96, 96), mode="bicubic")[0, 0]
+    page = torch.full((200, 180), 0.9)
+    page[50:146, 40:136] -= 0.1 * 0.9 * ink.clamp(0, 1)  # 10% darker than the paper at most
+    page += 0.1 * 0.9 / 20 * torch.randn(page.shape, generator=generator)  # a 20th of that
+    Image.fromarray((page.clamp(0, 1) * 255).round().byte().numpy()).save(tmp_path / "pencil.png")
+    framed = pictures.read_picture(str(tmp_path / "pencil.png"))
+    clean = F.interpolate(digit[None, None].float(), size=(96, 96), mode="bicubic")[0, 0]
+    reference = pictures.frame_like_mnist(clean.clamp(0, 255).round().byte())
+    assert framing_error(framed, reference) < 0.02
+
+
+def test_clean_pictures_of_digits_are_framed_as_mnist_did_and_fast(tmp_path):
+    digits = synthetic_digits(300, seed=18)[0]
+    expected = []
+    for index, digit in enumerate(digits):  # a clean background: the digits as MNIST ships them
+        Image.fromarray(digit.numpy()).save(tmp_path / f"{index:03d}.png")
+        top, bottom, left, right = pictures.bounds(digit > 0)  # MNIST's framing: crop, fit, centre
+        expected.append(pictures.fitted(digit[top:bottom, left:right].float() / 255))
+    started = time.perf_counter()
+    images, _ = pictures.read_pictures(pictures.picture_paths([str(tmp_path)]))
+    seconds = time.perf_counter() - started
+    assert torch.equal(images, torch.stack(expected))
+    assert seconds < 300 / 200, f"{300 / seconds:.0f} pictures a second"  # 1,000 a second here

@@ -2,6 +2,7 @@
 the file or flag (status 2), or the work is done right; never a traceback."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -267,3 +268,135 @@ def test_a_stop_signal_while_pictures_are_read_ends_with_one_line(number, tmp_pa
     assert not os.path.exists(tmp_path / "run")
     assert signal.getsignal(number) is not None  # the handlers before the call are back
     pictures.read_folder.cache_clear()
+
+
+def test_visualize_writes_only_its_own_pngs_and_keeps_them_whole_on_a_full_disk(
+    tmp_path, trained_run, tiny_mnist, cli, monkeypatch
+):
+    checkpoint = os.path.join(trained_run, "best.pt")
+    out_dir = tmp_path / "images"
+    save_digits(tmp_path / "mine", 3)
+    flags = ["--checkpoint", checkpoint, "--images", tmp_path / "mine", "--out-dir", out_dir]
+    assert cli(visualize, *flags).returncode == 0
+    first = (out_dir / "pictures.png").read_bytes()
+    assert pictures.made_by(str(out_dir / "pictures.png"), "visualize.py")
+    assert cli(visualize, *flags).returncode == 0  # its own file: written over
+    # A full disk: the picture before stays whole, and the line names the file.
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space")))
+    result = cli(visualize, *flags)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert_clean_failure(result, "pictures.png", "No space", status=4)
+    assert (out_dir / "pictures.png").read_bytes() == first
+    assert [name for name in os.listdir(out_dir)] == ["pictures.png"]  # no temporary file left
+    # A photo of the user's that is named like one of visualize.py's pictures is never replaced.
+    (out_dir / "pictures.png").write_bytes((tmp_path / "mine" / "0.png").read_bytes())
+    result = cli(visualize, *flags)
+    assert_clean_failure(result, "pictures.png", "not written by visualize.py", "Software")
+    assert (out_dir / "pictures.png").read_bytes() == (tmp_path / "mine" / "0.png").read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("curves.png", "worst.png"):  # the data set's pictures: the same rule
+        Image.open(tmp_path / "mine" / "1.png").save(other / name)
+        result = cli(visualize, "--checkpoint", checkpoint, "--data-dir", tiny_mnist, "--out-dir",
+                     other, "--device", "cpu")
+        assert_clean_failure(result, name, "not written by visualize.py")
+        os.remove(other / name)
+
+
+def test_pictures_py_writes_whole_marked_files_never_into_its_input_nor_over_others(
+    tmp_path, cli, monkeypatch
+):
+    save_digits(tmp_path / "mine", 3)
+    assert_clean_failure(cli(pictures, tmp_path / "mine", "--out-dir", tmp_path / "mine" / "x"),
+                         "--out-dir", "among the pictures read")
+    assert not (tmp_path / "mine" / "x").exists()
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space")))
+    result = cli(pictures, tmp_path / "mine", "--out-dir", tmp_path / "framed")
+    assert_clean_failure(result, "framed", "0.png", "No space", status=4)
+    assert os.listdir(tmp_path / "framed") == []  # no half-written or empty PNG
+    monkeypatch.undo()
+    assert cli(pictures, tmp_path / "mine", "--out-dir", tmp_path / "framed").returncode == 0
+    assert pictures.made_by(str(tmp_path / "framed" / "0.png"), "pictures.py")
+    user_file = (tmp_path / "mine" / "1.png").read_bytes()
+    (tmp_path / "framed" / "1.png").write_bytes(user_file)  # not pictures.py's
+    result = cli(pictures, tmp_path / "mine", "--out-dir", tmp_path / "framed", "--overwrite")
+    assert_clean_failure(result, "1.png", "not written by pictures.py")
+    assert (tmp_path / "framed" / "1.png").read_bytes() == user_file
+
+
+def test_a_picture_format_pillow_cannot_open_is_named_with_those_it_can(tmp_path, trained_run,
+                                                                        cli):
+    save_digits(tmp_path / "phone", 2)
+    (tmp_path / "phone" / "IMG_0001.HEIC").write_bytes(b"\0\0\0\x18ftypheic" + bytes(100))
+    result = cli(evaluate, os.path.join(trained_run, "best.pt"), "--images", tmp_path / "phone")
+    assert_clean_failure(result, "IMG_0001.HEIC", "cannot open HEIC", "PNG", "JPEG")
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_visualize_on_identical_pictures_draws_or_names_every_picture(labelled, tmp_path,
+                                                                      trained_run, cli):
+    digit = synthetic_digits(1, seed=3)[0][0]
+    for index in range(50):  # a tenth, 5, kept for testing
+        folder = tmp_path / "same" / (str(index % 3) if labelled else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((255 - digit).numpy()).resize((48, 48)).save(folder / f"{index}.png")
+    result = cli(visualize, "--checkpoint", os.path.join(trained_run, "best.pt"), "--dataset",
+                 "images", "--data-dir", tmp_path / "same", "--out-dir", tmp_path / "drawn")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    drawn = set(os.listdir(tmp_path / "drawn"))
+    assert {"samples.png", "reconstructions.png", "interpolation_grid.png", "worst.png"} <= drawn
+    assert ("latent_pca.png" in drawn) == labelled
+
+
+def test_standard_streams_closed_at_the_start_change_nothing(tiny_mnist, tmp_path):
+    command = [sys.executable, os.path.join(HERE, "train.py"), "--data-dir", tiny_mnist,
+               "--out-dir", str(tmp_path / "run"), "--epochs", "2", "--device", "cpu"]
+    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, cwd=HERE,
+                            preexec_fn=lambda: [os.close(fd) for fd in (0, 1, 2)], timeout=120)
+    assert result.returncode == 0
+    checkpoint = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2
+    assert open(tmp_path / "run" / ".lock").read().strip().isdigit()  # nothing else written there
+
+
+def test_mnist_with_a_stale_copy_of_torchvisions_old_layout_reads_the_raw_files(
+    tiny_mnist, tmp_path, trained_run, cli
+):
+    shutil.copytree(tiny_mnist, tmp_path / "data")
+    processed = tmp_path / "data" / "MNIST" / "processed"
+    processed.mkdir()
+    for name in ("training.pt", "test.pt"):  # empty: a download cut short, long ago
+        (processed / name).write_bytes(b"")
+    result = cli(evaluate, os.path.join(trained_run, "best.pt"), "--data-dir", tmp_path / "data",
+                 "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    expected = cli(evaluate, os.path.join(trained_run, "best.pt"), "--data-dir", tiny_mnist,
+                   "--device", "cpu")
+    assert result.stdout == expected.stdout
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module.", "module._orig_mod."])
+def test_a_checkpoint_of_a_compiled_or_data_parallel_model_loads(prefix, trained_run, tiny_mnist,
+                                                                 tmp_path, cli):
+    checkpoint = torch.load(os.path.join(trained_run, "best.pt"), weights_only=True)
+    state = checkpoint["model_state_dict"]
+    checkpoint["model_state_dict"] = {prefix + key: value for key, value in state.items()}
+    torch.save(checkpoint, tmp_path / "wrapped.pt")
+    wrapped = cli(evaluate, tmp_path / "wrapped.pt", "--data-dir", tiny_mnist, "--device", "cpu")
+    plain = cli(evaluate, os.path.join(trained_run, "best.pt"), "--data-dir", tiny_mnist,
+                "--device", "cpu")
+    assert wrapped.returncode == 0 and wrapped.stdout == plain.stdout
+
+
+def test_a_stage_started_from_a_run_on_other_data_says_so(trained_run, tmp_path, cli):
+    from conftest import write_mnist
+
+    write_mnist(str(tmp_path), folder="FashionMNIST")
+    checkpoint = os.path.join(trained_run, "best.pt")  # trained on MNIST
+    result = cli(train, "--stage", "2", "--resume", checkpoint, "--dataset", "fashion-mnist",
+                 "--data-dir", tmp_path, "--out-dir", tmp_path / "run", "--epochs", "1",
+                 "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    [warning] = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert "other data" in warning and "--dataset (was mnist)" in warning

@@ -35,21 +35,19 @@ try:
 except ImportError:  # Windows: no advisory locks, so no guard against two runs in one folder
     fcntl = None
 
-# Chosen by the runs in results/experiments.
-STAGE_LR = {1: 0.02, 2: 1e-3}
+STAGE_LR = {1: 0.02, 2: 1e-3}  # these settings were chosen by the runs in results/experiments
 MUON_MOMENTUM = 0.95
 PLATEAU = {"factor": 0.5, "patience": 1, "threshold": 1e-3}  # ReduceLROnPlateau on the test MSE
 ADAMW_LAYERS = ("encoder.0.0", "decoder.4.1")  # the 1->16 and 16->1 convolutions do better there
 AVERAGE_WARMUP = 10  # steps: early in stage 1, the weight average follows the model
-EVAL_CHUNK = 1000  # test images evaluated between two looks for a stop signal
 EXIT_NON_FINITE = 3  # besides data's EXIT_USAGE and EXIT_CANNOT_WRITE
 RUN_FILES = ["best.pt", "last.pt", "history.csv"]
 HISTORY_FIELDS = ["stage", "epoch", "train_loss", "test_loss", "lr", "seconds"]
-# Flags whose change makes a continued run differ from an uninterrupted one.
-TRAINING_FLAGS = ["batch_size", "lr", "weight_decay", "ema_decay", "precision", "dataset",
-                  "plain_resize", "subset"]
-# (flag, lowest, above the highest) of the numbers a run accepts
-LIMITS = [("epochs", 1, math.inf), ("lr", 1e-12, math.inf), ("min_lr", 0, math.inf),
+# The flags of the data, and those that make a continued run differ from an uninterrupted one.
+DATA_FLAGS = ["dataset", "plain_resize", "subset"]
+TRAINING_FLAGS = ["batch_size", "lr", "weight_decay", "ema_decay", "precision", *DATA_FLAGS]
+LIMITS = [  # (flag, the lowest, above the highest) of the numbers a run accepts
+          ("epochs", 1, math.inf), ("lr", 1e-12, math.inf), ("min_lr", 0, math.inf),
           ("batch_size", 1, math.inf), ("weight_decay", 0, math.inf), ("ema_decay", 0, 1),
           ("seed", 0, 2**64), ("subset", 1, math.inf)]
 
@@ -57,7 +55,6 @@ class NonFiniteLoss(Exception):
     """The loss became inf or NaN; the message names the batch."""
 
 # === The flags ===================================================================================
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
@@ -74,16 +71,14 @@ def parse_args(argv):
     add("--overwrite", action="store_true", help="replace another run in --out-dir")
     add("--seed", type=int, default=1, help="weights, shuffling and warps (default: 1)")
     add("--subset", type=int, help="use only the first N training and test images")
-    add("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-        help="training arithmetic; auto: bf16 where the device computes it natively")
+    add("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 if fast")
     args = parser.parse_args(argv)
     if args.lr is None:
         args.lr = STAGE_LR[args.stage]
     for name, low, high in LIMITS:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and low <= value < high):
-            flag = "--" + name.replace("_", "-")
-            parser.error(f"argument {flag}: must be in [{low:g}, {high:g}), got {value}")
+            parser.error(f"argument --{name.replace('_', '-')}: must be in [{low:g}, {high:g})")
     if args.lr < args.min_lr:
         parser.error(f"--lr {args.lr:g} is below --min-lr {args.min_lr:g}")
     if args.stage == 2 and not args.resume:
@@ -91,7 +86,6 @@ def parse_args(argv):
     return args
 
 # === The model's optimizers and arithmetic =======================================================
-
 def make_optimizers(model, args):
     """Muon for the kernels but ADAMW_LAYERS', AdamW for the rest; weight decay on kernels only."""
     convolutions = [(name, module) for name, module in model.named_modules()
@@ -115,13 +109,12 @@ def set_lr(optimizers, lr):
 def bf16_autocast(precision, device):
     """--precision auto: bf16 where the device computes it in hardware (CUDA capability 8.0 and
     later, not a T4; CPUs with AMX or AVX512-BF16), fp32 where it would be emulated, and on MPS."""
-    if precision != "auto":
+    if precision != "auto" or device.type == "mps":
         return precision == "bf16"
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type == "cpu":
-        with contextlib.suppress(OSError), open("/proc/cpuinfo") as file:  # Linux only
-            return bool(set(file.read().split()) & {"amx_bf16", "avx512_bf16"})
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as file:  # Linux only
+        return bool(set(file.read().split()) & {"amx_bf16", "avx512_bf16"})
     return False
 
 @dataclasses.dataclass
@@ -145,12 +138,10 @@ def new_run(args, model, device):
     bf16 = bf16_autocast(args.precision, device)
     return Run(model, average, optimizers, scheduler, generator, bf16)
 
-# === One epoch ===================================================================================
-
+# === One epoch, and the test loss ================================================================
 @torch.no_grad()
 def update_average(pairs, decay):
-    """Move each weight and BatchNorm statistic of the average towards the model's by 1 - decay:
-    `pairs` of their state_dict tensors, which share the modules' storage."""
+    """Each (average's, model's) state_dict tensor pair: the average moved by 1 - decay."""
     for mine, theirs in pairs:
         if mine.is_floating_point():
             mine.lerp_(theirs, 1 - decay)
@@ -172,8 +163,7 @@ def train_epoch(run, images, args, epoch):
             batch = data.augment(batch, run.generator)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=run.bf16):
             reconstruction = run.model(batch)[0]
-        # The loss in fp32, as evaluation takes it: in bf16 the mean of 50,000 squared errors
-        # would keep only 3 significant digits.
+        # In fp32, as evaluation: the mean of 50,000 errors in bf16 keeps 3 significant digits.
         loss = F.mse_loss(reconstruction.float(), batch)
         for optimizer in run.optimizers:
             optimizer.zero_grad(set_to_none=True)
@@ -182,8 +172,7 @@ def train_epoch(run, images, args, epoch):
             optimizer.step()
         if run.average is not run.model:
             step = (epoch - 1) * num_batches + index
-            # From random weights, an average over 1,000 steps would still hold them 1,000 steps
-            # on: in stage 1 it forgets them within a few steps, and reaches its decay later.
+            # An average of 1,000 steps would remember the random start: in stage 1 it forgets it.
             warmup = (1 + step) / (AVERAGE_WARMUP + step) if args.stage == 1 else 1
             update_average(pairs, min(args.ema_decay, warmup))
         losses[index] = loss.detach()
@@ -198,21 +187,13 @@ def check_finite(values, what):
     if not finite.all():
         raise NonFiniteLoss(f"{what} {int((~finite).nonzero()[0]) + 1}")
 
-# === Evaluation ==================================================================================
-
 def test_loss(run, images):
-    """The test MSE of the weight average, in fp32, looking for a stop signal between chunks."""
-    errors = []
-    for chunk in images.split(EVAL_CHUNK):
-        errors.append(per_image_mse(run.average, chunk))
-        if run.stop:
-            raise data.Interrupted(run.stop[0])
-    errors = torch.cat(errors)
+    """The test MSE of the weight average, in fp32."""
+    errors = per_image_mse(run.average, images)
     check_finite(errors, "test image")
     return errors.mean().item()
 
 # === The loop ====================================================================================
-
 def train_stage(args, argv, run, first_epoch, train_images, test_images):
     """The epochs of one stage, each one saved as it ends; returns the exit status."""
     saved_epoch = None
@@ -220,12 +201,13 @@ def train_stage(args, argv, run, first_epoch, train_images, test_images):
         for epoch in range(first_epoch, args.epochs + 1):
             lr = run.optimizers[0].param_groups[0]["lr"]
             if lr < args.min_lr:
-                say(f"stage {args.stage} stopped after epoch {epoch - 1}: the lr ({lr:.2e}) fell"
-                    f" below --min-lr {args.min_lr:g}; --min-lr 0 runs every epoch")
+                say(f"stage {args.stage} stopped after epoch {epoch - 1}: the lr fell below"
+                    f" --min-lr {args.min_lr:g} (0 runs every epoch)")
                 break
             started = time.perf_counter()
             train_loss = train_epoch(run, train_images, args, epoch)
-            loss = test_loss(run, test_images)
+            with data.stop_signals():  # nothing is written while testing: a stop cuts it short
+                loss = test_loss(run, test_images)
             seconds = time.perf_counter() - started
             run.scheduler.step(loss)
             # The scheduler lowers the first optimizer's lr; every other group follows it.
@@ -237,28 +219,29 @@ def train_stage(args, argv, run, first_epoch, train_images, test_images):
                                 "lr": f"{lr:.3e}", "seconds": f"{seconds:.2f}"})
             save_epoch(args, run, epoch, loss, improved)
             saved_epoch = epoch
-            mark = " *" if improved else "  "
             say(f"stage {args.stage} epoch {epoch:3d}/{args.epochs}  train {train_loss:.7f}  test"
-                f" {loss:.7f}{mark}  lr {lr:.2e}  {seconds:5.1f}s")
+                f" {loss:.7f}{' *' if improved else '  '}  lr {lr:.2e}  {seconds:5.1f}s")
             if run.stop:
                 raise data.Interrupted(run.stop[0])
     except NonFiniteLoss as error:
         return data.fail(f"the loss became non-finite at epoch {epoch}, {error} (lr {lr:g}); try"
                          f" a lower --lr. Checkpoints were left as they were.", EXIT_NON_FINITE)
-    except CannotWrite as error:
+    except (CannotWrite, data.Interrupted) as error:  # the epochs saved stay: say how to go on
         advice = resume_advice(args, argv, saved_epoch)
-        return data.fail(f"{error}; {advice}", data.EXIT_CANNOT_WRITE)
-    except data.Interrupted:
-        advice = resume_advice(args, argv, saved_epoch)
-        return data.fail(f"stopped by {data.stop_name(run.stop[0])}; {advice}", 128 + run.stop[0])
+        if isinstance(error, CannotWrite):
+            return data.fail(f"{error}; {advice}", data.EXIT_CANNOT_WRITE)
+        number = error.args[0]
+        return data.fail(f"stopped by {data.stop_name(number)}; {advice}", 128 + number)
     say(f"best test loss of stage {args.stage}: {run.best_loss:.7f}")
     return 0
 
 def train(args, argv):
     """All that main does once the flags are read; returns the exit status."""
     device = data.choose_device(args.device)
-    config = " ".join(f"{key}={value}" for key, value in vars(args).items())
-    say(f"device: {device}\nconfig: {config}")
+    if args.dataset == "images":  # the run's files would be read among the pictures next time
+        import pictures
+        pictures.check_out_dir(args.out_dir, [args.data_dir], "--data-dir")
+    say(f"device: {device}\nconfig:", *[f"{key}={value}" for key, value in vars(args).items()])
     if args.resume:
         model, checkpoint = load_checkpoint(args.resume)
     else:
@@ -282,16 +265,14 @@ def train(args, argv):
             return train_stage(args, argv, run, first_epoch, train_images, test_images)
 
 def main(argv=()):
-    """Train one stage as `python train.py ARGS` does: `argv` is the list of ARGS, e.g.
-    ["--stage", "1", "--epochs", "5"] (the defaults when empty). Returns the exit status: 0 done,
-    2 a mistake in the flags or files, 3 a non-finite loss, 4 a file that cannot be written, 128
-    plus the signal's number when Ctrl-C (130), SIGHUP (129) or SIGTERM (143) stopped it. It
-    leaves torch's random state, its TF32 flags and the signal handlers as they were."""
+    """Train one stage as `python train.py ARGS` does, `argv` the list of ARGS (["--stage", "1"]).
+    Returns the exit status (0 done, 2 bad flags or files, 3 a non-finite loss, 4 a file not
+    written, 130/129/143 Ctrl-C/SIGHUP/SIGTERM); leaves torch's seed, TF32 and handlers as found."""
     try:
         args = parse_args(argv)
     except SystemExit as exit:  # argparse has printed the usage and the mistake, or the help
         return exit.code
-    with data.stop_signals(), data.exact_fp32():
+    with data.script_run():
         try:
             return train(args, list(argv))
         except (InputError, CheckpointError) as error:
@@ -304,14 +285,12 @@ def main(argv=()):
                              f" was written", 128 + number)
 
 # === The run folder: its lock, files written whole, no run written over, resume ==================
-
 @contextlib.contextmanager
 def locked_out_dir(folder):
-    """While the block runs, hold an OS lock on <folder>/.lock (the folder made if need be): a
-    second run into the folder stops at once, naming this one's pid."""
+    """An OS lock on <folder>/.lock while the block runs: a second run there stops, told our pid."""
     try:
         os.makedirs(folder, exist_ok=True)
-        lock = open(os.path.join(folder, ".lock"), "a+")
+        lock = open(os.path.join(folder, ".lock"), "a+", buffering=1)  # a line is written at once
     except OSError as error:
         raise InputError(f"--out-dir {folder}: cannot write there ({error.strerror})") from None
     with lock:
@@ -321,11 +300,9 @@ def locked_out_dir(folder):
         except BlockingIOError:
             lock.seek(0)
             raise InputError(f"--out-dir {folder} is in use by another train.py run (pid"
-                             f" {lock.read().strip()}); wait for it or pick another --out-dir"
-                             ) from None
+                             f" {lock.read().strip()}): wait, or pick another one") from None
         lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
+        lock.write(f"{os.getpid()}\n")
         yield
 
 def continues(checkpoint, args):
@@ -333,9 +310,7 @@ def continues(checkpoint, args):
     return checkpoint.get("stage", 1) == args.stage and "train_model_state_dict" in checkpoint
 
 def claim_out_dir(args, checkpoint):
-    """Refuse a run that would write over the run in --out-dir: only the same stage resumed from
-    its last.pt continues it, and stage 2 from its stage-1 files keeps them as stage1_*.pt;
-    anything else needs --overwrite."""
+    """Write over a run in --out-dir only to continue it, or to start stage 2 (keeping stage 1)."""
     out = os.path.join(args.out_dir, "")
     present = [name for name in RUN_FILES if os.path.exists(out + name)]
     if not present or args.overwrite:
@@ -353,19 +328,21 @@ def claim_out_dir(args, checkpoint):
                     atomic_write(f"{out}stage1_{name}", file.read())
         say(f"kept stage 1's files in {args.out_dir} as stage1_best.pt and stage1_last.pt")
         return
-    stage_flag = " --stage 2" if last_stage == 2 else ""
     raise InputError(f"--out-dir {args.out_dir} holds a run ({', '.join(present)}) that this one"
-                     f" would write over: continue it with --resume {out}last.pt{stage_flag},"
-                     f" replace it with --overwrite, or pick another --out-dir")
+                     f" would write over: continue it with --resume {out}last.pt"
+                     f"{' --stage 2' if last_stage == 2 else ''}, replace it with --overwrite, or"
+                     f" pick another --out-dir")
 
 def resume(run, args, checkpoint):
-    """Load --resume into `run`: all of it to continue the same stage, the weights (and the
-    earlier stage's history) to start a stage from. Returns the first epoch to train."""
+    """Load --resume into `run` (to start a stage, only its weights); returns the first epoch."""
     run.history = [row for row in checkpoint.get("history", []) if int(row["stage"]) < args.stage]
     if not continues(checkpoint, args):
         if checkpoint:
             say(f"stage {args.stage}: starting from the weights of {args.resume}, fresh"
                 f" optimizer, lr {args.lr:g}")
+        other_data = ", ".join(changed_flags(args, checkpoint, DATA_FLAGS))
+        if other_data:
+            say(f"warning: {args.resume} was trained on other data: {other_data}", file=sys.stderr)
         return 1
     try:
         run.model.load_state_dict(checkpoint["train_model_state_dict"])
@@ -379,24 +356,29 @@ def resume(run, args, checkpoint):
         reason = f"{type(error).__name__} {str(error)[:80]}"  # an earlier layout, say
         raise InputError(f"{args.resume}: this train.py cannot continue it ({reason}); --stage 2"
                          f" starts from its weights") from None
-    before = checkpoint.get("args", {"lr": args.lr})
-    now = vars(args)
-    changed = [name for name in TRAINING_FLAGS if before.get(name, now[name]) != now[name]]
+    changed = changed_flags(args, checkpoint, TRAINING_FLAGS)
     if changed:
-        flags = ", ".join(f"--{name.replace('_', '-')} (was {before[name]})" for name in changed)
-        say(f"warning: continuing {args.resume} with changed {flags}; this is not the run an"
+        say(f"warning: continuing {args.resume} with changed {', '.join(changed)}: not the run an"
             f" uninterrupted one would give", file=sys.stderr)
         # The saved optimizer state holds the old lr and decay: the new flags rescale them.
-        set_lr(run.optimizers, run.optimizers[0].param_groups[0]["lr"] * args.lr / before["lr"])
+        lr_before = checkpoint["args"].get("lr", args.lr)
+        set_lr(run.optimizers, run.optimizers[0].param_groups[0]["lr"] * args.lr / lr_before)
         for group in [g for optimizer in run.optimizers for g in optimizer.param_groups]:
             if group["weight_decay"]:
                 group["weight_decay"] = args.weight_decay
     say(f"continuing stage {args.stage} from epoch {last_epoch} of {args.resume}")
     return last_epoch + 1
 
+def changed_flags(args, checkpoint, names):
+    """The flags among `names` (and the pictures' folder) set otherwise in the checkpoint's run."""
+    before, now = checkpoint.get("args", {}), vars(args)
+    if now["dataset"] == "images" and before.get("dataset") == "images":
+        names = [*names, "data_dir"]
+    return [f"--{name.replace('_', '-')} (was {before[name]})" for name in names
+            if name in before and before[name] != now[name]]
+
 def save_epoch(args, run, epoch, test_loss, improved):
-    """history.csv, best.pt when the test loss improved, then last.pt. Each checkpoint holds the
-    history up to its epoch: after a kill at any point, a resume redoes the epoch identically."""
+    """history.csv, best.pt if the test loss fell, last.pt: a resume redoes an epoch identically."""
     checkpoint = {"epoch": epoch, "stage": args.stage, "loss": test_loss, "args": vars(args),
                   "model_state_dict": run.average.state_dict(),
                   "train_model_state_dict": run.model.state_dict(), "best_loss": run.best_loss,
@@ -412,15 +394,15 @@ def save_epoch(args, run, epoch, test_loss, improved):
         atomic_write(os.path.join(args.out_dir, name), buffer.getvalue())
 
 def resume_advice(args, argv, saved_epoch):
-    """How to go on after a stop: the command that resumes from the last epoch saved, or none."""
+    """How to go on after a stop: the command that resumes from the last epoch saved."""
     if saved_epoch is None:
         return "no epoch was saved; run the same command again"
-    pairs = zip([None, *argv], argv)  # (the word before, the word): all but --resume and its path
-    kept = [word for before, word in pairs
-            if "--resume" not in (before, word) and not word.startswith("--resume=")]
+    pairs = zip([None, *argv], argv)  # (the word before, the word)
+    # All but "--resume PATH" and "--resume=PATH": the command resumes from last.pt instead.
+    kept = [word for before, word in pairs if "--resume" not in (before, word[:8])]
     last = os.path.join(args.out_dir, "last.pt")
-    command = shlex.join(["python", "train.py", *kept, "--resume", last])
-    return f"{last} holds epoch {saved_epoch}, resume with: {command}"
+    return f"{last} holds epoch {saved_epoch}, resume with: " + shlex.join(
+        ["python", "train.py", *kept, "--resume", last])
 
 
 if __name__ == "__main__":

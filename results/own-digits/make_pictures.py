@@ -10,9 +10,13 @@ digits were before their framing, into OUT_DIR/<style>-clean/<digit>/<index>.png
   marker/   a thick marker on a page with a shadow across it, photographed, JPEG
   desk/     pen on a page lying on a desk that shows along the picture's border, tilted, JPEG
   chalk/    light ink on a dark board, noisy, PNG
+  tight/    pen or marker on paper, the photo cropped to the digit's ink (no margin), JPEG
+  pencil/   a faint pencil on white paper, 10% darker than it and 20 times its noise, scanned, PNG
+The last two styles draw from a random stream of their own, so the first five stay as they were.
 """
 
 import argparse
+import io
 import math
 import os
 import sys
@@ -25,7 +29,8 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import data  # noqa: E402
 
-STYLES = ["squared", "ruled", "marker", "desk", "chalk"]
+STYLES = ["squared", "ruled", "marker", "desk", "chalk", "tight", "pencil"]
+OWN_STREAM = {"tight", "pencil"}  # styles drawn from a second random stream
 PAPER, PEN, BLUE_BLACK = (0.93, 0.93, 0.9), (0.08, 0.08, 0.08), (0.1, 0.14, 0.32)
 GRID_BLUE, MARGIN_RED = (0.62, 0.72, 0.88), (0.86, 0.3, 0.3)
 MARKER = 1 / 40  # how much a marker thickens a stroke, as a share of the digit's size
@@ -187,7 +192,30 @@ def chalk(digit, rng):
     return page + 0.04 * torch.from_numpy(rng.standard_normal(page.shape)).float()
 
 
+def tight(digit, rng, thicken=0.0):
+    """Pen (or marker) on paper, photographed, then cropped to the ink: the strokes touch all four
+    edges of the picture."""
+    size = int(rng.integers(80, 240))
+    coverage = ink(digit, size, thicken=thicken)
+    page = torch.tensor(PAPER)[:, None, None].repeat(1, size + 80, size + 80)
+    paint(page, coverage, PEN if thicken else BLUE_BLACK, 40, 40)
+    page = photographed(page, rng, tilt=0.0)
+    rows, cols = (coverage > 0.2).any(1).nonzero()[:, 0], (coverage > 0.2).any(0).nonzero()[:, 0]
+    return page[:, 40 + rows[0] : 41 + rows[-1], 40 + cols[0] : 41 + cols[-1]]
+
+
+def pencil(digit, rng):
+    """Graphite: ink 10% darker than the paper at its darkest, the paper's noise a twentieth of
+    that, on a scanned page."""
+    page = torch.full((1, 300, 260), 0.9)
+    size = int(rng.integers(100, 180))
+    paint(page, 0.1 * ink(digit, size), (0.0,), 150 - size // 2 + int(rng.integers(-40, 40)),
+          130 - size // 2 + int(rng.integers(-30, 30)))
+    return (page + 0.1 * 0.9 / 20 * torch.from_numpy(rng.standard_normal(page.shape)).float())[0]
+
+
 def save(page, path):
+    """A page in [0, 1] (grey [H, W] or RGB [3, H, W]) as a PNG or JPEG file, written whole."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     array = (page.clamp(0, 1) * 255).round().byte()
     picture = (
@@ -195,7 +223,12 @@ def save(page, path):
         if array.dim() == 2
         else Image.fromarray(array.permute(1, 2, 0).numpy(), "RGB")
     )
-    picture.save(path, **({"quality": 80} if path.endswith(".jpg") else {}))
+    buffer = io.BytesIO()
+    if path.endswith(".jpg"):
+        picture.save(buffer, "JPEG", quality=80)
+    else:
+        picture.save(buffer, "PNG")
+    data.atomic_write(path, buffer.getvalue())
 
 
 def main():
@@ -209,16 +242,20 @@ def main():
     args = parser.parse_args()
     images, labels = data.load_split(args.data_dir, train=False)
     rng = np.random.default_rng(args.seed)
+    own_rng = np.random.default_rng([args.seed, 1])
     chosen = rng.choice(len(images), args.count, replace=False)
     for index in chosen.tolist():
         name = f"{labels[index]}/{index:05d}"
         for style in STYLES:
-            extension = "png" if style in ("ruled", "chalk") else "jpg"
-            save(
-                globals()[style](images[index], rng),
-                os.path.join(args.out_dir, style, f"{name}.{extension}"),
-            )
-            clean = ink(images[index], 112, thicken=MARKER if style == "marker" else 0)
+            extension = "png" if style in ("ruled", "chalk", "pencil") else "jpg"
+            # The marker, and every other tight crop, draws thicker strokes.
+            thick = style == "marker" or (style == "tight" and index % 2 == 0)
+            if style == "tight":
+                picture = tight(images[index], own_rng, thicken=MARKER if thick else 0.0)
+            else:
+                picture = globals()[style](images[index], own_rng if style in OWN_STREAM else rng)
+            save(picture, os.path.join(args.out_dir, style, f"{name}.{extension}"))
+            clean = ink(images[index], 112, thicken=MARKER if thick else 0)
             save(clean, os.path.join(args.out_dir, f"{style}-clean", f"{name}.png"))
     print(f"wrote {args.count} digits, clean and in {len(STYLES)} styles, into {args.out_dir}")
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.utils import make_grid, save_image
+from torchvision.transforms.functional import to_pil_image
+from torchvision.utils import make_grid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import data  # noqa: E402
@@ -53,6 +54,15 @@ def mnist_framing(path):
     return pictures.fitted(clean[top:bottom, left:right])
 
 
+def framed_or_refused(path):
+    """The framed digit of the picture at `path` (None if blank), or "refused" where pictures.py
+    says the digit reaches the picture's edge and skips it with a hint."""
+    try:
+        return pictures.read_picture(path)
+    except pictures.ReachesEdge:
+        return "refused"
+
+
 def style_files(root, style):
     return sorted(
         os.path.relpath(path, os.path.join(root, style))
@@ -83,10 +93,12 @@ def main():
     model, _ = load_checkpoint(args.model)
     model.eval()
     root, rows = args.pictures_dir, []
-    print("style     pictures  median framing error  within 0.02  model test_mse")
+    print("style     pictures  median framing error  within 0.02  refused  model test_mse")
     for style in sorted(name for name in os.listdir(root) if not name.endswith("-clean")):
         names = style_files(root, style)
-        framed = [pictures.read_picture(os.path.join(root, style, name)) for name in names]
+        outcomes = [framed_or_refused(os.path.join(root, style, name)) for name in names]
+        refused = outcomes.count("refused") / len(outcomes)
+        framed = [None if outcome == "refused" else outcome for outcome in outcomes]
         clean = [
             mnist_framing(os.path.join(root, f"{style}-clean", os.path.splitext(name)[0] + ".png"))
             for name in names
@@ -95,7 +107,8 @@ def main():
         found = torch.stack([f for f in framed if f is not None])
         mse = per_image_mse(model, found).mean().item()
         median, within = errors.median().item(), (errors <= WITHIN).float().mean()
-        print(f"{style:<9} {len(names):8d}  {median:20.4f}  {within:10.1%}  {mse:14.7f}")
+        print(f"{style:<9} {len(names):8d}  {median:20.4f}  {within:10.1%}  {refused:6.1%}"
+              f"  {mse:14.7f}")
         found_at = [i for i, f in enumerate(framed) if f is not None]
         chosen = found_at[:: max(1, len(found_at) // SHEET_PER_STYLE)][
             :SHEET_PER_STYLE
@@ -110,10 +123,8 @@ def main():
                 enlarged(again),
             ]
     if args.sheet:
-        save_image(
-            make_grid(torch.stack(rows), nrow=3 * SHEET_PER_STYLE, padding=2, pad_value=1.0),
-            args.sheet,
-        )
+        sheet = make_grid(torch.stack(rows), nrow=3 * SHEET_PER_STYLE, padding=2, pad_value=1.0)
+        data.atomic_write(args.sheet, pictures.png_bytes(to_pil_image(sheet), "measure.py"))
 
 
 if __name__ == "__main__":
