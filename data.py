@@ -64,7 +64,8 @@ def say(*parts, file=None):
 
 def progress_shown():
     """Whether a progress bar is watched: on a terminal or in a notebook cell, not in a log file."""
-    return sys.stderr is not None and (sys.stderr.isatty() or "ipykernel" in sys.modules)
+    in_cell = type(sys.stderr).__module__.startswith("ipykernel")  # a kernel's stream, to a cell
+    return sys.stderr is not None and (sys.stderr.isatty() or in_cell)
 
 def fail(error, status=EXIT_USAGE):
     """Every script's way out on bad input: one line on stderr, then the exit status to return."""

@@ -15,21 +15,16 @@ NEWTON_SCHULZ_STEPS = 5
 EPS = 1e-7
 
 def orthogonalize(matrix):
-    """About U V^T of `matrix` = U S V^T, by Newton-Schulz iterations X <- p(X X^T) X, p(G) = a I +
-    b G + c G^2. X is Q X0, Q a polynomial of G0 = X0 X0^T: the iterations run on the small side,
-    Q <- p(G) Q and G <- p(G) G p(G), and X0 is multiplied once at the end (fewer products)."""
+    """About U V^T of `matrix` = U S V^T, by Newton-Schulz iterations X <- a X + (b G + c G^2) X,
+    G = X X^T."""
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
     tall = matrix.size(0) > matrix.size(1)
     x = matrix.float().T if tall else matrix.float()  # wide: the Gram matrix is the smaller one
     x = x / x.norm().clamp(min=EPS)  # the spectral norm at most 1, where the iteration converges
-    gram = x @ x.T
-    product = torch.eye(len(gram), dtype=x.dtype, device=x.device)  # Q
     for _ in range(NEWTON_SCHULZ_STEPS):
+        gram = x @ x.T
         polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
-        polynomial.diagonal().add_(a)  # + a I
-        product = polynomial @ product
-        gram = polynomial @ gram @ polynomial
-    x = product @ x
+        x = torch.addmm(x, polynomial, x, beta=a)  # a X + (b G + c G^2) X
     return (x.T if tall else x).to(matrix.dtype)
 
 class Muon(torch.optim.Optimizer):

@@ -336,21 +336,27 @@ def contrast(picture):
 
 
 def framed(picture):
-    """`picture` [H, W] in [0, 1] as an MNIST digit, uint8 [28, 28], or None where it has no ink;
-    and the least share of the picture's side between the digit's box and an edge."""
+    """`picture` [H, W] in [0, 1] as an MNIST digit, uint8 [28, 28], and the digit's box in it
+    (top, bottom, left, right); (None, None) where it has no ink."""
     ink, noise = levelled_ink(picture)
     floor = max(noise, HALF_GREY)
     ink = without_lines(ink, floor)
     box = digit_box(ink, max(floor, STRONG * ink.max().item()))
     if box is None:
-        return None, 0.0
+        return None, None
     top, bottom, left, right = grown_box(ink, box, floor)
     digit = ink[top:bottom, left:right]
     if digit.max().item() - noise < max(MIN_CONTRAST, SIGNAL_TO_NOISE * noise):
-        return None, 0.0
-    height, width = picture.shape
-    gap = min(top / height, (height - bottom) / height, left / width, (width - right) / width)
-    return fitted((digit - noise).clamp(min=0)), gap
+        return None, None
+    return fitted((digit - noise).clamp(min=0)), (top, bottom, left, right)
+
+
+def edge_gaps(box, height, width, margin=0):
+    """The shares of the side between a box and each edge (top, bottom, left, right) of a picture
+    [height, width] that lies `margin` pixels inside the frame the box is in."""
+    top, bottom, left, right = box
+    return [(top - margin) / height, (height + margin - bottom) / height,
+            (left - margin) / width, (width + margin - right) / width]
 
 
 def with_margin(picture):
@@ -379,13 +385,24 @@ def frame_like_mnist(gray):
         top, bottom, left, right = bounds(ink > 0)
         return fitted(ink[top:bottom, left:right])
     picture = shrink(gray.float() / 255)
-    digit, gap = framed(picture)
-    if gap >= EDGE_GAP or (digit is None and contrast(picture) < MIN_SPREAD):
+    digit, box = framed(picture)
+    if digit is None and contrast(picture) < MIN_SPREAD:
+        return None
+    gaps = [0.0] * 4 if digit is None else edge_gaps(box, *picture.shape)
+    if min(gaps) >= EDGE_GAP:
         return digit
     # Cropped tight to its ink (none found may be one too): framed with the margin it lacks.
     padded, margin = with_margin(picture)
-    digit, gap = framed(padded)
-    if digit is None or gap < margin / max(padded.shape) / 2:  # the margin taken for the digit
+    digit, box = framed(padded)
+    if digit is None:
+        raise ReachesEdge()
+    top, bottom, left, right = box
+    height, width = padded.shape
+    taken_margin = min(top, height - bottom, left, width - right) < margin / 2  # paper as ink
+    # The ink at the picture's edge must be in the digit: else only a piece of it was framed.
+    inside = edge_gaps(box, *picture.shape, margin)
+    piece = any(inner > 2 * EDGE_GAP for inner, gap in zip(inside, gaps) if gap < EDGE_GAP)
+    if taken_margin or piece:
         raise ReachesEdge()
     return digit
 

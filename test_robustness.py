@@ -317,6 +317,15 @@ def test_a_finished_run_is_not_overwritten_unless_asked(run_dir, tiny_mnist, cli
     assert len(open(os.path.join(run_dir, "history.csv")).read().strip().splitlines()) == 2
 
 
+def test_no_progress_bar_in_a_log_even_where_ipykernel_is_imported(monkeypatch):
+    # Jupyter's client imports ipykernel (the notebook test does, in this process): only a
+    # kernel's own stream is a cell.
+    pytest.importorskip("ipykernel")
+    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))
+    assert "ipykernel" in sys.modules and not data.progress_shown()
+    sys.stderr.close()
+
+
 @pytest.mark.parametrize("writes_before_full, epoch_kept", [(3, 1), (0, None)])
 def test_full_disk_ends_with_status_4_and_keeps_what_was_written(
     writes_before_full, epoch_kept, tiny_mnist, tmp_path, monkeypatch, cli

@@ -219,7 +219,11 @@ def draw_curves(history_paths, labels):
 
 def save(picture, path):
     """A Figure or an image tensor [C, H, W] in [0, 1], as a PNG marked as visualize.py's, written
-    whole or not at all."""
+    whole or not at all (its folder made with the first picture: a refusal leaves none)."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    except OSError as error:
+        raise data.CannotWrite(f"cannot make {os.path.dirname(path)}: {error.strerror}") from None
     if isinstance(picture, Figure):
         buffer = io.BytesIO()
         picture.savefig(buffer, format="png", dpi=100, metadata={"Software": pictures.mark(SCRIPT)})
@@ -318,11 +322,6 @@ def main(argv=()):
                 raise data.InputError(f"{args.checkpoint}: its weights hold NaN or inf (a"
                                       f" diverged run?), nothing to draw")
             check_out_dir(args)
-            try:
-                os.makedirs(args.out_dir, exist_ok=True)
-            except OSError as error:
-                raise data.CannotWrite(f"cannot make --out-dir {args.out_dir}:"
-                                       f" {error.strerror}") from None
             if args.images:
                 written = draw_pictures(model.eval(), args, device)
             else:
@@ -333,7 +332,7 @@ def main(argv=()):
             return data.fail(error, data.EXIT_CANNOT_WRITE)
         except data.Interrupted as stop:
             return data.fail(f"stopped by {data.stop_name(stop.args[0])}", 128 + stop.args[0])
-    say(f"wrote {', '.join(written)} into {args.out_dir}")
+    say(f"wrote {', '.join(written) or 'nothing'} into {args.out_dir}")
     return 0
 
 

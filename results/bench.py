@@ -1,18 +1,19 @@
-"""Time train.py against a plain PyTorch loop over the same model, taking turns.
+"""train.py against the textbook loop, as whole processes taking turns: one epoch each, start-up
+and data loading included, on the same machine.
 
-    python results/bench.py --data-dir ./data --subset 20000
+    python results/bench.py --data-dir ../shared/data [--pairs 5] [--stages 1 2] [--epochs 1]
 
-The plain loop is what most MNIST examples do: torchvision's MNIST through a DataLoader (batch 64,
-shuffled, per-sample ToTensor; in stage 2 per-sample PIL RandomPerspective and RandomRotation), the
-default memory format, fp32, Adam, then the test set in batches of 64. This project's pipeline is
-train.py itself, run as a user runs it, one epoch a turn (continued with --resume), its epoch time
-read from history.csv. The two take turns, --rounds epochs each, so that a slow spell of a shared
-machine hits both; each one's median epoch counts, training and test evaluation included.
---levers also times train.py with one of its speed flags changed.
+The textbook loop (`python results/bench.py --plain-epoch --stage S`) is what most MNIST examples
+do: torchvision's MNIST through a DataLoader (batch 64, shuffled, per-image ToTensor; in stage 2
+per-image PIL RandomPerspective and RandomRotation), the default memory format, fp32, Adam, then
+the test set in batches of 64. This project's run is `python train.py --epochs N` (stage 2: from
+a stage-1 checkpoint made first, not timed); --epochs 10 times its way to the reference's final
+test MSE against one plain epoch. The two run in turn, --pairs times, so that a slow
+spell of a shared machine hits both; printed: each one's median wall seconds, and the median (and
+range) of the ratios pair by pair.
 """
 
 import argparse
-import csv
 import os
 import statistics
 import subprocess
@@ -25,171 +26,97 @@ sys.path.insert(0, HERE)  # the repo's scripts, whatever the working folder
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
 import data  # noqa: E402
 from model import AutoEncoder  # noqa: E402
 
 PLAIN_BATCH_SIZE = 64
-LEVERS = {
-    "fp32 instead of --precision auto": ["--precision", "fp32"],
-    "without the weight average": ["--ema-decay", "0"],
-}
 
 
-class PlainLoop:
-    """The textbook loop: a DataLoader of per-image transforms, fp32, Adam."""
-
-    def __init__(self, args, stage, device):
-        warps = (
-            [
-                transforms.RandomPerspective(data.DISTORTION_SCALE, data.PERSPECTIVE_P),
-                transforms.RandomRotation(data.MAX_ROTATION_DEGREES),
-            ]
-            if stage == 2
-            else []
-        )
-        self.loaders = [self.loader(args, train, warps if train else []) for train in (True, False)]
-        torch.manual_seed(0)
-        self.model, self.device = AutoEncoder().to(device), device
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-
-    @staticmethod
-    def loader(args, train, warps):
-        transform = transforms.Compose([*warps, transforms.ToTensor()])
-        dataset = datasets.MNIST(args.data_dir, train=train, transform=transform)
-        return DataLoader(
-            Subset(dataset, range(min(args.subset or len(dataset), len(dataset)))),
-            batch_size=PLAIN_BATCH_SIZE,
-            shuffle=train,
-        )
-
-    def epoch_seconds(self):
-        started = time.perf_counter()
-        self.model.train()
-        for images, _ in self.loaders[0]:
-            images = images.to(self.device)
-            loss = F.mse_loss(self.model(images)[0], images)
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-        self.model.eval()
-        with torch.no_grad():
-            for images, _ in self.loaders[1]:
-                F.mse_loss(
-                    self.model(images.to(self.device))[0], images.to(self.device), reduction="sum"
-                ).item()
-        return time.perf_counter() - started
+def plain_epoch(data_dir, stage):
+    """One epoch of the textbook loop and its test pass; returns the test MSE."""
+    warps = [transforms.RandomPerspective(data.DISTORTION_SCALE, data.PERSPECTIVE_P),
+             transforms.RandomRotation(data.MAX_ROTATION_DEGREES)] if stage == 2 else []
+    loaders = [DataLoader(datasets.MNIST(data_dir, train=train, transform=transforms.Compose(
+        [*(warps if train else []), transforms.ToTensor()])), batch_size=PLAIN_BATCH_SIZE,
+        shuffle=train) for train in (True, False)]
+    torch.manual_seed(0)
+    model = AutoEncoder()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for images, _ in loaders[0]:
+        loss = F.mse_loss(model(images)[0], images)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        total = sum(F.mse_loss(model(images)[0], images, reduction="sum").item()
+                    for images, _ in loaders[1])
+    return total / len(loaders[1].dataset) / data.IMAGE_SIZE**2
 
 
-class TrainPy:
-    """train.py run one epoch at a time, each run continuing the last with --resume."""
-
-    def __init__(self, args, stage, folder, start_checkpoint, flags=()):
-        self.stage, self.folder, self.epochs, self.resume = stage, folder, 0, start_checkpoint
-        self.command = [
-            sys.executable,
-            os.path.join(HERE, "train.py"),
-            "--stage",
-            str(stage),
-            "--data-dir",
-            args.data_dir,
-            "--out-dir",
-            folder,
-            "--device",
-            args.device,
-            "--batch-size",
-            str(args.batch_size),
-            *(["--subset", str(args.subset)] if args.subset else []),
-            *flags,
-        ]
-
-    def epoch_seconds(self):
-        self.epochs += 1
-        resume = ["--resume", self.resume] if self.resume else []
-        subprocess.run(
-            [*self.command, "--epochs", str(self.epochs), *resume],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        self.resume = os.path.join(self.folder, "last.pt")
-        with open(os.path.join(self.folder, "history.csv"), newline="") as file:
-            rows = [row for row in csv.DictReader(file) if row["stage"] == str(self.stage)]
-        return float(rows[-1]["seconds"])
+def seconds(command):
+    """Wall seconds of a command run to its end; a failure stops the bench with its output."""
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise data.InputError(f"{' '.join(command)} failed: {result.stderr.strip()[-300:]}")
+    return time.perf_counter() - started
 
 
-def images_per_second(pipelines, num_images, rounds):
-    """One epoch of each pipeline in turn, `rounds` times; each one's median rate."""
-    seconds = [[] for _ in pipelines]
-    for _ in range(rounds):
-        for times, pipeline in zip(seconds, pipelines):
-            times.append(pipeline.epoch_seconds())
-    return [num_images / statistics.median(times) for times in seconds]
-
-
-def parse_args(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    data.add_arguments(parser)
-    parser.add_argument(
-        "--stages", type=int, nargs="+", choices=[1, 2], default=[1, 2], help="(default: 1 2)"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="epochs of each, taken in turn (default: 3)"
-    )
-    parser.add_argument("--subset", type=int, default=None, help="first N images only")
-    parser.add_argument("--batch-size", type=int, default=64, help="train.py's (default: 64)")
-    parser.add_argument(
-        "--levers", action="store_true", help="also time train.py with each of LEVERS' flags"
-    )
+    parser.add_argument("--data-dir", default="./data", help="holds MNIST/raw/ (default: ./data)")
+    parser.add_argument("--stages", type=int, nargs="+", choices=[1, 2], default=[1, 2])
+    parser.add_argument("--pairs", type=int, default=5, help="epochs of each, in turn (default: 5)")
+    parser.add_argument("--epochs", type=int, default=1, help="of train.py a run (default: 1)")
+    parser.add_argument("--plain-epoch", action="store_true", help="run one textbook epoch only")
+    parser.add_argument("--stage", type=int, choices=[1, 2], default=1, help="with --plain-epoch")
     args = parser.parse_args(argv)
-    for name in ("rounds", "subset", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            parser.error(f"argument --{name.replace('_', '-')}: must be > 0")
+    if args.pairs < 1 or args.epochs < 1:
+        parser.error("arguments --pairs and --epochs: must be at least 1")
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv):
     try:
-        device = data.choose_device(args.device)
-        num_images = len(data.load_split(args.data_dir, train=True)[0][: args.subset])
+        args = parse_args(argv)
+    except SystemExit as exit:
+        return exit.code
+    if args.plain_epoch:
+        data.say(f"test MSE {plain_epoch(args.data_dir, args.stage):.7f}")
+        return 0
+    python, train = sys.executable, os.path.join(HERE, "train.py")
+    try:
+        data.load_split(args.data_dir, train=True)  # missing data: one line, before any timing
+        capability, threads = torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()
+        data.say(f"CPU capability {capability}, {threads} threads, torch {torch.__version__}; wall"
+                 f" seconds of one epoch process")
+        with tempfile.TemporaryDirectory() as scratch:
+            flags = ["--data-dir", args.data_dir, "--device", "cpu"]
+            start = os.path.join(scratch, "stage1")
+            if 2 in args.stages:  # stage 2's starting point
+                seconds([python, train, *flags, "--epochs", "1", "--out-dir", start])
+            for stage in args.stages:
+                plain = [python, __file__, "--plain-epoch", "--stage", str(stage), "--data-dir",
+                         args.data_dir]
+                ours = [python, train, *flags, "--epochs", str(args.epochs), "--stage", str(stage),
+                        "--overwrite", "--out-dir", os.path.join(scratch, f"run{stage}")]
+                if stage == 2:
+                    ours += ["--resume", os.path.join(start, "best.pt")]
+                times = [(seconds(plain), seconds(ours)) for _ in range(args.pairs)]
+                ratios = sorted(theirs / mine for theirs, mine in times)
+                plain_s, ours_s = (statistics.median(t[k] for t in times) for k in (0, 1))
+                data.say(f"stage {stage}: plain loop {plain_s:6.1f} s   train.py --epochs"
+                         f" {args.epochs} {ours_s:6.1f} s   ratio {statistics.median(ratios):.2f}x"
+                         f" ({ratios[0]:.2f}-{ratios[-1]:.2f}), {args.pairs} pairs")
     except data.InputError as error:
         return data.fail(error)
-    data.say(
-        f"device: {device}, CPU capability: {torch.backends.cpu.get_cpu_capability()}, threads: "
-        f"{torch.get_num_threads()}, torch {torch.__version__}"
-    )
-    with tempfile.TemporaryDirectory() as scratch:
-        start = os.path.join(
-            scratch, "start"
-        )  # stage 2 starts from a stage-1 checkpoint, as in the recipe
-        TrainPy(args, 1, start, None).epoch_seconds()
-        for stage in args.stages:
-            start_checkpoint = os.path.join(start, "last.pt") if stage == 2 else None
-            ours = TrainPy(args, stage, os.path.join(scratch, f"stage{stage}"), start_checkpoint)
-            plain, rate = images_per_second(
-                [PlainLoop(args, stage, device), ours], num_images, args.rounds
-            )
-            data.say(
-                f"stage {stage}: plain loop {plain:7.0f} img/s   this project {rate:7.0f} img/s   "
-                f"ratio {rate / plain:.2f}x"
-            )
-            for number, (name, flags) in enumerate(LEVERS.items() if args.levers else []):
-                lever = TrainPy(
-                    args,
-                    stage,
-                    os.path.join(scratch, f"stage{stage}-{number}"),
-                    start_checkpoint,
-                    flags,
-                )
-                [slower] = images_per_second([lever], num_images, args.rounds)
-                data.say(
-                    f"stage {stage}:   {name:<36} {slower:7.0f} img/s   "
-                    f"the defaults {rate / slower - 1:+.0%} faster"
-                )
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

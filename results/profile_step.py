@@ -6,7 +6,8 @@ arithmetic, on real batches, each part timed over --steps steps after as many to
 Prints a row a part, in milliseconds a step and as a share of the step: the batch (and its warps
 in stage 2), the forward and the backward of each layer (hooks on the modules, the device synced
 around each), the loss, each optimizer's step, the weight average; then, from torch.profiler over
-the same steps, the casts between dtypes (aten::_to_copy and copy_, inside the layers' times).
+the same steps, the casts between dtypes (aten::_to_copy and copy_, inside the layers' times);
+last, the forward and the backward summed over the convolutions and over the other layers.
 """
 
 import argparse
@@ -27,6 +28,7 @@ import train  # noqa: E402
 from model import AutoEncoder  # noqa: E402
 
 CAST_OPS = ("aten::_to_copy", "aten::copy_")
+CONVOLUTIONS = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
 
 
 class Clock:
@@ -46,7 +48,7 @@ class Clock:
 
 
 def time_layers(model, clock):
-    """Hooks that time each leaf module's forward and backward."""
+    """Hooks that time each leaf module's forward and backward; returns the convolutions' names."""
     for name, module in model.named_modules():
         if list(module.children()):
             continue
@@ -54,6 +56,13 @@ def time_layers(model, clock):
         module.register_forward_hook(lambda m, i, o, n=name: clock.stop(f"forward {n}"))
         module.register_full_backward_pre_hook(lambda m, g, n=name: clock.start(f"backward {n}"))
         module.register_full_backward_hook(lambda m, gi, go, n=name: clock.stop(f"backward {n}"))
+    return {name for name, module in model.named_modules() if isinstance(module, CONVOLUTIONS)}
+
+
+def endless_batches(images, batch_size, generator):
+    """Training batches as train.py draws them, epoch after epoch."""
+    while True:
+        yield from data.batches(images, batch_size, generator)
 
 
 def step(run, pairs, batch, args, clock, step_number):
@@ -109,9 +118,9 @@ def main(argv):
     run = train.new_run(train_args, model, device)
     pairs = list(zip(run.average.state_dict().values(), model.state_dict().values()))
     clock = Clock(device)
-    time_layers(run.model, clock)
+    convolutions = time_layers(run.model, clock)
     run.model.train()
-    batches = data.batches(images, train_args.batch_size, run.generator)
+    batches = endless_batches(images, train_args.batch_size, run.generator)
     for number in range(args.steps):  # warm-up
         step(run, pairs, next(batches), train_args, clock, number)
     clock.spent.clear()
@@ -138,6 +147,11 @@ def main(argv):
     data.say(f"{'the whole step':32s} {whole:7.2f}")
     data.say(f"{'casts (in the layers above)':32s} {casts_ms:7.2f} {casts_ms / whole:6.1%}"
              f"  ({casts_count:.0f} a step)")
+    for way in ("forward", "backward"):
+        for kind, chosen in (("convolutions", True), ("other layers", False)):
+            milliseconds = sum(seconds for name, seconds in parts.items() if name.startswith(way)
+                               and (name.split()[1] in convolutions) == chosen) / args.steps * 1000
+            data.say(f"{f'{way}, {kind}':32s} {milliseconds:7.2f} {milliseconds / whole:6.1%}")
     return 0
 
 
