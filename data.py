@@ -168,7 +168,8 @@ def to_float(images_uint8):
 
 def to_device(tensor, device):
     """A CPU tensor on `device`, through pinned memory to a GPU: the CPU does not wait for it."""
-    return (tensor.pin_memory() if device.type == "cuda" else tensor).to(device, non_blocking=True)
+    pinned = tensor.pin_memory() if device.type == "cuda" else tensor
+    return pinned.to(device, non_blocking=True)
 
 def batches(images, batch_size, generator=None):
     """Float batches of `images`, in order or shuffled by a CPU `generator` (the same anywhere)."""

@@ -219,19 +219,20 @@ def train_stage(args, argv, run, first_epoch, train_images, test_images):
                                 "lr": f"{lr:.3e}", "seconds": f"{seconds:.2f}"})
             save_epoch(args, run, epoch, loss, improved)
             saved_epoch = epoch
+            mark = " *" if improved else "  "
             say(f"stage {args.stage} epoch {epoch:3d}/{args.epochs}  train {train_loss:.7f}  test"
-                f" {loss:.7f}{' *' if improved else '  '}  lr {lr:.2e}  {seconds:5.1f}s")
+                f" {loss:.7f}{mark}  lr {lr:.2e}  {seconds:5.1f}s")
             if run.stop:
                 raise data.Interrupted(run.stop[0])
     except NonFiniteLoss as error:
         return data.fail(f"the loss became non-finite at epoch {epoch}, {error} (lr {lr:g}); try"
                          f" a lower --lr. Checkpoints were left as they were.", EXIT_NON_FINITE)
-    except (CannotWrite, data.Interrupted) as error:  # the epochs saved stay: say how to go on
+    except CannotWrite as error:  # the epochs saved stay: say how to go on
         advice = resume_advice(args, argv, saved_epoch)
-        if isinstance(error, CannotWrite):
-            return data.fail(f"{error}; {advice}", data.EXIT_CANNOT_WRITE)
-        number = error.args[0]
-        return data.fail(f"stopped by {data.stop_name(number)}; {advice}", 128 + number)
+        return data.fail(f"{error}; {advice}", data.EXIT_CANNOT_WRITE)
+    except data.Interrupted as stop:
+        advice = resume_advice(args, argv, saved_epoch)
+        return data.fail(f"stopped by {data.stop_name(stop.args[0])}; {advice}", 128 + stop.args[0])
     say(f"best test loss of stage {args.stage}: {run.best_loss:.7f}")
     return 0
 
@@ -328,10 +329,10 @@ def claim_out_dir(args, checkpoint):
                     atomic_write(f"{out}stage1_{name}", file.read())
         say(f"kept stage 1's files in {args.out_dir} as stage1_best.pt and stage1_last.pt")
         return
+    stage_flag = " --stage 2" if last_stage == 2 else ""
     raise InputError(f"--out-dir {args.out_dir} holds a run ({', '.join(present)}) that this one"
-                     f" would write over: continue it with --resume {out}last.pt"
-                     f"{' --stage 2' if last_stage == 2 else ''}, replace it with --overwrite, or"
-                     f" pick another --out-dir")
+                     f" would write over: continue it with --resume {out}last.pt{stage_flag},"
+                     f" replace it with --overwrite, or pick another --out-dir")
 
 def resume(run, args, checkpoint):
     """Load --resume into `run` (to start a stage, only its weights); returns the first epoch."""
