@@ -47,6 +47,7 @@ WORKING_SIZE = 256  # larger pictures are shrunk to this first: 20x20 needs no m
 BACKGROUND_WINDOW = 0.25  # of the picture's shorter side: wider than any stroke of a digit in it
 MIN_WINDOW = 11  # pixels: wider than MNIST's boldest strokes
 SURFACE_FITS = 3  # of the smooth light across a picture, each without the pixels far from the last
+CLEAR_SKEW = 1.0  # a skewness beyond this says which side is the ink (two levels: ink under 28%)
 NOISE_SIGMAS = 4.0  # ink is this many standard deviations of the paper's noise above it
 HALF_GREY = 0.5 / 255  # the least a pixel must exceed the paper by to count as ink
 LINE_FRACTION = 0.8  # a line of ink along this share of a straight path across the picture...
@@ -133,21 +134,38 @@ def window(picture):
     return max(MIN_WINDOW, round(BACKGROUND_WINDOW * min(picture.shape))) | 1
 
 
-def paper(picture, dark_ink):
+def paper(picture, dark_ink, beyond_edge=True):
     """The paper under `picture` [H, W]: a morphological closing (for dark ink; an opening for light
     ink) with a square window wider than any stroke. Pen and marker strokes vanish from it, while a
-    gradient of light, a shadow's edge and, as the picture is first extended by its own border, a
-    desk along that border stay."""
+    gradient of light and a shadow's edge stay. With `beyond_edge` the picture is first extended by
+    its own border, so that a desk along that border stays too; without, only what lies within the
+    picture counts, so that a stroke along the edge of a picture cropped to its ink vanishes."""
     size = window(picture)
-    half = size // 2
+    half = size // 2 if beyond_edge else 0
+    height, width = picture.shape
 
     def grown(x):  # the largest value within the window, a row's stretch and then a column's
-        x = F.max_pool2d(x, (1, size), stride=1, padding=(0, half))
-        return F.max_pool2d(x, (size, 1), stride=1, padding=(half, 0))
+        x = F.max_pool2d(x, (1, size), stride=1, padding=(0, size // 2))
+        return F.max_pool2d(x, (size, 1), stride=1, padding=(size // 2, 0))
 
     extended = F.pad(picture[None, None], (half, half, half, half), mode="replicate")
     found = -grown(-grown(extended)) if dark_ink else grown(-grown(-extended))
-    return found[0, 0, half:-half, half:-half]
+    return found[0, 0, half : half + height, half : half + width]
+
+
+def ink_side(picture):
+    """Whether the ink of `picture` [H, W] is darker than its paper, by the side that loses more
+    when the strokes are taken away: a closing takes dark strokes away, an opening light ones (the
+    paper is the side that is not thin)."""
+    return bool((paper(picture, True) - picture).mean() > (picture - paper(picture, False)).mean())
+
+
+def light_border(picture):
+    """Whether most of the border of `picture` [H, W] is nearer its lightest than its darkest (the
+    1st and the 99th percentile): a picture's border is mostly paper, even where ink reaches it."""
+    border = torch.cat([picture[0], picture[-1], picture[:, 0], picture[:, -1]])
+    darkest, lightest = picture.flatten().quantile(torch.tensor([0.01, 0.99]))
+    return bool(border.median() > (darkest + lightest) / 2)
 
 
 def evened(picture):
@@ -165,16 +183,28 @@ def evened(picture):
     return (values - surface).reshape(height, width).float()
 
 
+def ink_is_dark(picture):
+    """Whether the ink of `picture` [H, W] is darker than its paper: the side to which the picture
+    is skewed once the light across it is evened out (the ink is the few pixels far from the many
+    of the paper). Where it is not clearly skewed (a bold digit cropped close is nearly half ink),
+    two more opinions: the paper is what most of the border shows, and `ink_side`; where both say
+    the other side, the ink is on it."""
+    values = evened(picture)
+    skew = ((values**3).mean() / (values**2).mean().clamp(min=1e-12) ** 1.5).item()
+    if abs(skew) < CLEAR_SKEW:
+        dark_by_border = light_border(picture)
+        if dark_by_border == ink_side(picture):
+            return dark_by_border
+    return skew < 0
+
+
 def levelled_ink(picture):
     """The ink of `picture` [H, W] in [0, 1] as its height above the paper (dark ink: the share of
-    the paper's light it takes), light on black whether it was darker or lighter than the paper, by
-    the side to which the picture is skewed once the light across it is evened out (the ink is the
-    few pixels far from the many of the paper); and the paper's noise level."""
-    if (evened(picture) ** 3).mean() < 0:  # skewed to dark: a few dark pixels on light paper
-        light = paper(picture, dark_ink=True)
-        ink = (light - picture) / light.clamp(min=DARKEST_PAPER)
-    else:
-        ink = picture - paper(picture, dark_ink=False)
+    the paper's light it takes), light on black whether it was darker or lighter than the paper; and
+    the paper's noise level."""
+    dark_ink = ink_is_dark(picture)
+    light = paper(picture, dark_ink)
+    ink = (light - picture) / light.clamp(min=DARKEST_PAPER) if dark_ink else picture - light
     level = ink.median()  # most of a picture is paper
     return (ink - level).clamp(min=0), NOISE_SIGMAS * 1.4826 * (ink - level).abs().median().item()
 
@@ -361,12 +391,9 @@ def edge_gaps(box, height, width, margin=0):
 
 def with_margin(picture):
     """`picture` [H, W] with a margin of its paper around it, and the margin's width. The paper
-    under the picture (its strokes taken away) is carried on outwards from the picture's edge, so
-    that a gradient of light goes on smoothly. Which side is the paper: the one that is not thin. A
-    closing takes dark strokes away, an opening light ones, and the side that loses more is the ink
-    (a picture cropped to its ink may be half ink: counting would not do)."""
-    darker, lighter = paper(picture, dark_ink=True), paper(picture, dark_ink=False)
-    surface = darker if (darker - picture).mean() > (picture - lighter).mean() else lighter
+    under the picture (its strokes taken away, those along its edge too) is carried on outwards from
+    the picture's edge, so that a gradient of light goes on smoothly."""
+    surface = paper(picture, ink_is_dark(picture), beyond_edge=False)
     margin = max(window(picture), round(MARGIN * max(picture.shape)))
     padded = F.pad(surface[None, None], (margin,) * 4, mode="replicate")[0, 0]
     padded[margin:-margin, margin:-margin] = picture

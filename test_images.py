@@ -444,11 +444,23 @@ def test_pictures_py_writes_each_framed_digit_for_any_mnist_model(tmp_path, caps
     assert "d1.png" in line and "cannot read" in line and not (tmp_path / "other").exists()
 
 
-def tight_crop(digit, scale, dark_on_light, seed):
-    """`digit` drawn `scale` times as large, with a little sensor noise, and cropped to its ink:
-    the strokes touch the picture's edges."""
+def ring():
+    """An upright oval stroke, a "0", as a 28x28 MNIST-like digit."""
+    y, x = torch.meshgrid(torch.arange(28) - 13.5, torch.arange(28) - 13.5, indexing="ij")
+    radius = ((y / 9) ** 2 + (x / 6.5) ** 2).sqrt()
+    return ((1 - 5 * (radius - 1).abs()).clamp(0, 1) * 255).round().byte()
+
+
+def drawn(digit, scale, bold):
+    """`digit` drawn `scale` times as large, its strokes `bold` pixels wider on each side."""
+    large = F.interpolate(digit[None, None].float(), scale_factor=scale, mode="bilinear")
+    return F.max_pool2d(large, 2 * bold + 1, stride=1, padding=bold)[0, 0]
+
+
+def tight_crop(large, dark_on_light, seed):
+    """A large digit with a little sensor noise, cropped to its ink: the strokes touch the
+    picture's edges."""
     generator = torch.Generator().manual_seed(seed)
-    large = F.interpolate(digit[None, None].float(), scale_factor=scale, mode="bilinear")[0, 0]
     top, bottom, left, right = pictures.bounds(large > 40)
     crop = large[top:bottom, left:right]
     picture = (235 - 0.85 * crop) if dark_on_light else (20 + 0.85 * crop)
@@ -457,25 +469,27 @@ def tight_crop(digit, scale, dark_on_light, seed):
 
 
 @pytest.mark.parametrize("dark_on_light", [True, False])
-def test_a_digit_cropped_tight_to_its_ink_is_framed_with_a_margin_or_refused(dark_on_light,
+@pytest.mark.parametrize("bold", [0, 4])  # bold: a marker's strokes, the crop nearly half ink
+def test_a_digit_cropped_tight_to_its_ink_is_framed_with_a_margin_or_refused(dark_on_light, bold,
                                                                             tmp_path, capsys):
-    digits = synthetic_digits(10, seed=17)[0]
+    digits = [*synthetic_digits(10, seed=17)[0], ring()]
     results = []
     for index, digit in enumerate(digits):
         path = tmp_path / f"{index}.png"
-        Image.fromarray(tight_crop(digit, 4, dark_on_light, index).numpy()).save(path)
-        clean = F.interpolate(digit[None, None].float(), scale_factor=4, mode="bilinear")[0, 0]
+        large = drawn(digit, 4, bold)
+        Image.fromarray(tight_crop(large, dark_on_light, index).numpy()).save(path)
         try:
             framed = pictures.read_picture(str(path))
         except pictures.ReachesEdge:
             results.append("refused")
             continue
-        results.append(framing_error(framed, pictures.frame_like_mnist(clean.round().byte())))
+        results.append(framing_error(framed, pictures.frame_like_mnist(large.round().byte())))
     assert all(result == "refused" or result <= 0.02 for result in results), results
-    assert sum(result != "refused" for result in results) >= 7  # most are framed
+    assert sum(result != "refused" for result in results) >= 6  # most are framed
+    assert results[-1] != "refused"  # the "0": paper inside and out, the ink a minority of it
     images, kept = pictures.read_pictures(pictures.picture_paths([str(tmp_path)]))
     refused = [line for line in capsys.readouterr().out.splitlines() if "reaches" in line]
-    assert len(refused) == results.count("refused") == 10 - len(kept)
+    assert len(refused) == results.count("refused") == len(digits) - len(kept)
     assert all("--plain-resize" in line for line in refused)
 
 

@@ -34,6 +34,7 @@ OWN_STREAM = {"tight", "pencil"}  # styles drawn from a second random stream
 PAPER, PEN, BLUE_BLACK = (0.93, 0.93, 0.9), (0.08, 0.08, 0.08), (0.1, 0.14, 0.32)
 GRID_BLUE, MARGIN_RED = (0.62, 0.72, 0.88), (0.86, 0.3, 0.3)
 MARKER = 1 / 40  # how much a marker thickens a stroke, as a share of the digit's size
+KEPT = 0.8  # the share of the page's side that a photo of it keeps, enlarged to the page's size
 
 
 def ink(digit, size, thicken=0.0):
@@ -77,7 +78,7 @@ def photographed(page, rng, tilt=4.0, blur=1.2):
     kept, as a photo of it (so that what the tilt brings in from outside the page stays out)."""
     angle = math.radians(rng.uniform(-tilt, tilt))
     theta = (
-        0.8
+        KEPT
         * torch.tensor(
             [[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0]]
         )[None]
@@ -200,8 +201,14 @@ def tight(digit, rng, thicken=0.0):
     page = torch.tensor(PAPER)[:, None, None].repeat(1, size + 80, size + 80)
     paint(page, coverage, PEN if thicken else BLUE_BLACK, 40, 40)
     page = photographed(page, rng, tilt=0.0)
+    # The photo enlarges the page about its centre: the ink's box, on the page at 40, grows with it.
+    centre = (size + 80) / 2
     rows, cols = (coverage > 0.2).any(1).nonzero()[:, 0], (coverage > 0.2).any(0).nonzero()[:, 0]
-    return page[:, 40 + rows[0] : 41 + rows[-1], 40 + cols[0] : 41 + cols[-1]]
+    top, bottom, left, right = (
+        round(centre + (40 + edge + 0.5 - centre) / KEPT - 0.5)
+        for edge in (rows[0].item(), rows[-1].item(), cols[0].item(), cols[-1].item())
+    )
+    return page[:, top : bottom + 1, left : right + 1]
 
 
 def pencil(digit, rng):
