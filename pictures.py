@@ -160,10 +160,15 @@ def ink_side(picture):
     return bool((paper(picture, True) - picture).mean() > (picture - paper(picture, False)).mean())
 
 
+def edge_pixels(image):
+    """The pixels along the four edges of `image` [H, W], in one row (the corners twice)."""
+    return torch.cat([image[0], image[-1], image[:, 0], image[:, -1]])
+
+
 def light_border(picture):
     """Whether most of the border of `picture` [H, W] is nearer its lightest than its darkest (the
     1st and the 99th percentile): a picture's border is mostly paper, even where ink reaches it."""
-    border = torch.cat([picture[0], picture[-1], picture[:, 0], picture[:, -1]])
+    border = edge_pixels(picture)
     darkest, lightest = picture.flatten().quantile(torch.tensor([0.01, 0.99]))
     return bool(border.median() > (darkest + lightest) / 2)
 
@@ -301,7 +306,7 @@ def digit_box(ink, floor):
     mass = torch.zeros(int(pieces.max()) + 1).index_add_(0, pieces.flatten(), cell_ink.flatten())
     mass[0] = 0
     touching = torch.zeros_like(mass, dtype=torch.bool)
-    touching[torch.cat([pieces[0], pieces[-1], pieces[:, 0], pieces[:, -1]])] = True
+    touching[edge_pixels(pieces)] = True
     # At the border: a desk or the paper's edge, not the digit, where a piece within is heavy.
     if (mass * ~touching).max() >= BORDER_WEIGHT * (mass * touching).max():
         mass[touching] = 0
@@ -351,7 +356,7 @@ def clean_background(gray):
     """The value of a picture's background where it is exactly uniform, as in a drawing made on a
     computer or MNIST's own digits: the value of every pixel of its border and of half the picture;
     else None (a photo's or a scan's paper is never one value, and lines cross a page's edge)."""
-    border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    border = edge_pixels(gray)
     uniform = bool((border == border[0]).all()) and (gray == border[0]).float().mean() >= 0.5
     return border[0] if uniform else None
 
@@ -456,7 +461,7 @@ def plain_resized(gray):
     """The whole picture resized to 28x28, inverted by the border rule: an image whose
     border is light on average (dark ink on white paper) is inverted."""
     image = TF.resize(gray[None], [IMAGE_SIZE, IMAGE_SIZE], antialias=True)[0]
-    border = torch.cat([image[0], image[-1], image[:, 0], image[:, -1]])
+    border = edge_pixels(image)
     return 255 - image if border.float().mean() > 127.5 else image
 
 
